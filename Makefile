@@ -1,0 +1,49 @@
+# hsm-vault: two commands on a fresh Debian machine.
+#   make demo   sets everything up and runs the whole flow with local SoftHSM tokens
+#   make test   sets everything up and runs the whole test suite (ruff, mypy, pytest)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEBS := softhsm2 opensc age gnupg openssl curl
+STAMP := $(VENV)/.installed
+
+.PHONY: all deps venv demo test lint bench bench-store clean
+
+all: test
+
+# Debian packages, installed only when missing (root or sudo).
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: deps venv
+	scripts/demo.sh
+
+lint: venv
+	$(BIN)/ruff check hsm_vault tests benchmarks
+	$(BIN)/mypy
+
+test: deps venv lint
+	$(BIN)/pytest -q
+
+bench: deps venv
+	$(BIN)/python benchmarks/bench_crypt.py
+
+bench-store: deps venv
+	$(BIN)/python benchmarks/bench_store.py
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

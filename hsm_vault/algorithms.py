@@ -1,0 +1,134 @@
+"""Key types and signature algorithms, and software verification of token signatures.
+
+Pure code: no I/O, no token. The token layer makes signatures; everything else checks them here
+with `cryptography`, so a signature made on a token verifies anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from hsm_vault.errors import CardFormatError, CardVerificationError
+
+
+class KeyType(StrEnum):
+    """The key pair types hsm-vault generates and uses on a token."""
+
+    EC_P256 = "ec-p256"
+    EC_P384 = "ec-p384"
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+    RSA_4096 = "rsa-4096"
+
+    @property
+    def is_ec(self) -> bool:
+        return self.value.startswith("ec-")
+
+    @property
+    def bits(self) -> int:
+        return {"ec-p256": 256, "ec-p384": 384}.get(self.value) or int(self.value.split("-")[1])
+
+    @property
+    def curve_name(self) -> str:
+        """The SECG name of the curve (EC types only)."""
+        return {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}[self.value]
+
+    @property
+    def signature_algorithm(self) -> SignatureAlgorithm:
+        return {
+            "ec-p256": SignatureAlgorithm.ECDSA_SHA256,
+            "ec-p384": SignatureAlgorithm.ECDSA_SHA384,
+        }.get(self.value, SignatureAlgorithm.RSA_PSS_SHA256)
+
+
+class SignatureAlgorithm(StrEnum):
+    """Signature algorithms; ECDSA signatures are DER-encoded, RSA-PSS uses salt = hash length."""
+
+    ECDSA_SHA256 = "ecdsa-sha256"
+    ECDSA_SHA384 = "ecdsa-sha384"
+    RSA_PSS_SHA256 = "rsa-pss-sha256"
+
+    @property
+    def hash_name(self) -> str:
+        return self.value.rsplit("-", 1)[1]
+
+    def digest(self, message: bytes) -> bytes:
+        return hashlib.new(self.hash_name, message).digest()
+
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+
+def hash_algorithm(name: str) -> hashes.HashAlgorithm:
+    """The `cryptography` hash object for a lower-case name such as 'sha256'."""
+    try:
+        return _HASHES[name]()
+    except KeyError:
+        raise CardFormatError(f"unknown hash algorithm {name!r}") from None
+
+
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+
+def load_spki(spki_der: bytes) -> PublicKey:
+    """Parse a DER SubjectPublicKeyInfo into a `cryptography` public key (EC or RSA only)."""
+    try:
+        key = serialization.load_der_public_key(spki_der)
+    except (ValueError, TypeError) as exc:
+        raise CardFormatError("the public key is not a valid SubjectPublicKeyInfo") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise CardFormatError("the public key is neither EC nor RSA")
+    return key
+
+
+def key_type_of(public_key: PublicKey) -> KeyType:
+    """The `KeyType` of a public key; raises for curves and sizes hsm-vault does not use."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        name = {"secp256r1": KeyType.EC_P256, "secp384r1": KeyType.EC_P384}.get(
+            public_key.curve.name
+        )
+        if name is None:
+            raise CardFormatError(f"unsupported EC curve {public_key.curve.name}")
+        return name
+    try:
+        return KeyType(f"rsa-{public_key.key_size}")
+    except ValueError:
+        raise CardFormatError(f"unsupported RSA key size {public_key.key_size}") from None
+
+
+def spki_fingerprint(spki_der: bytes) -> str:
+    """SHA-256 of the DER SubjectPublicKeyInfo, lower-case hex (as `openssl pkey -pubin` gives)."""
+    return hashlib.sha256(spki_der).hexdigest()
+
+
+def verify_signature(
+    spki_der: bytes, algorithm: SignatureAlgorithm, message: bytes, signature: bytes
+) -> None:
+    """Verify `signature` over `message`; raise `CardVerificationError` if it does not verify."""
+    key = load_spki(spki_der)
+    expected = key_type_of(key).signature_algorithm
+    if algorithm != expected:
+        raise CardVerificationError(f"signature algorithm {algorithm} does not fit the key")
+    chosen = hash_algorithm(algorithm.hash_name)
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, message, ec.ECDSA(chosen))
+        else:
+            key.verify(
+                signature,
+                message,
+                padding.PSS(mgf=padding.MGF1(chosen), salt_length=chosen.digest_size),
+                chosen,
+            )
+    except InvalidSignature:
+        raise CardVerificationError("signature does not verify") from None

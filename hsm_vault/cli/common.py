@@ -1,0 +1,89 @@
+"""What every command group shares: token options, PIN sources, JSON output, error reporting."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from hsm_vault.config import Config
+from hsm_vault.errors import HsmVaultError
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ModuleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--module",
+        help="PKCS#11 module path (default: $HSM_VAULT_PKCS11_MODULE, the config file, p11-kit).",
+        show_default=False,
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        "-t",
+        help="Token label, or a PKCS#11 URI such as 'pkcs11:token=alice'.",
+        show_default=False,
+    ),
+]
+PinFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pin-file",
+        help="Read the user PIN from the first line of this file (else $HSM_VAULT_PIN, "
+        "else a hidden prompt). PINs are never taken on the command line.",
+        show_default=False,
+        exists=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+def report_error(exc: HsmVaultError) -> int:
+    """Print `error:` and `hint:` lines on stderr; return the exit code."""
+    err_console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+    if exc.hint:
+        err_console.print(f"[yellow]hint:[/] {exc.hint}", markup=True)
+    return exc.exit_code
+
+
+def print_json(obj: Any) -> None:
+    """JSON on stdout, one document, for scripts (no colour, no wrapping)."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextmanager
+def token_session(module: str | None, token: str | None, pin_file: Path | None) -> Iterator[Any]:
+    """Open a logged-in session on the chosen token, with config-file defaults."""
+    from hsm_vault.token import PinSource, open_session  # keeps pkcs11 off paths without a token
+
+    config = Config.load()
+    with open_session(
+        token,
+        module=module,
+        pin=PinSource(pin_file=pin_file),
+        configured_module=config.module,
+        configured_token=config.token,
+    ) as session:
+        yield session
+
+
+def split_token_from_key(key: str, token: str | None) -> str | None:
+    """A key URI may name its token (pkcs11:token=alice;object=k); use it if --token is not set."""
+    if token is None and key.lower().startswith("pkcs11:"):
+        from hsm_vault.token.uri import parse_uri
+
+        uri = parse_uri(key)
+        if uri.token or uri.serial:
+            return key
+    return token

@@ -1,0 +1,209 @@
+"""The one exception tree of hsm-vault.
+
+Every error a person can cause is a subclass of `HsmVaultError` with a message that says what
+went wrong and a `hint` that says what to do next. The CLI alone turns these into `error:` /
+`hint:` lines and an exit code; library code raises and never prints. Outside exceptions
+(python-pkcs11, cryptography, requests, SQLAlchemy) are converted at the layer that owns that
+library, with `raise ... from`.
+
+Messages never contain a PIN, a key or plaintext.
+"""
+
+from __future__ import annotations
+
+
+class HsmVaultError(Exception):
+    """Base of every hsm-vault error."""
+
+    hint: str = ""
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(HsmVaultError):
+    """The command was given something it cannot use."""
+
+    exit_code = 2
+    hint = "Run the command with --help to see what it takes."
+
+
+class ConfigError(HsmVaultError):
+    hint = "Check the config file (hsm-vault config path shows where it is)."
+
+
+class FileExistsRefused(HsmVaultError):
+    hint = "Choose another output path, or pass --force to replace it."
+
+
+# --- token layer -------------------------------------------------------------------------------
+
+
+class TokenLayerError(HsmVaultError):
+    """Anything that went wrong talking to a PKCS#11 module or token."""
+
+    hint = "Run 'hsm-vault token list' to see the tokens the module offers."
+
+
+class ModuleNotFound(TokenLayerError):
+    hint = (
+        "Pass --module PATH, set HSM_VAULT_PKCS11_MODULE, set 'module' in the config file, "
+        "or register the module with p11-kit."
+    )
+
+
+class ModuleLoadError(TokenLayerError):
+    hint = "Check that the path is a PKCS#11 module and that its own configuration is valid."
+
+
+class TokenNotFound(TokenLayerError):
+    hint = "Run 'hsm-vault token list' to see the token labels, and check the token is inserted."
+
+
+class AmbiguousToken(TokenLayerError):
+    hint = "Name the token by label or serial: --token LABEL or pkcs11:serial=..."
+
+
+class KeyNotFound(TokenLayerError):
+    hint = "Run 'hsm-vault key list' to see the keys on the token."
+
+
+class AmbiguousKey(TokenLayerError):
+    hint = "Several keys match: name one by its id, e.g. pkcs11:token=T;id=%01%02."
+
+
+class DuplicateLabel(TokenLayerError):
+    hint = "Choose another label, or delete the old key first with 'hsm-vault key delete'."
+
+
+class PinIncorrect(TokenLayerError):
+    hint = "Try again with the right PIN; the token may lock after a few more wrong tries."
+
+
+class PinLocked(TokenLayerError):
+    hint = "The user PIN is locked: the security officer must unblock it with the SO PIN."
+
+
+class PinUnavailable(TokenLayerError):
+    hint = "Set HSM_VAULT_PIN, pass --pin-file FILE, or run the command on a terminal."
+
+
+class KeyPolicyError(TokenLayerError):
+    """A key does not have the protection attributes hsm-vault requires."""
+
+    hint = "Generate a new key on the token with 'hsm-vault key generate'."
+
+
+class UnsupportedMechanism(TokenLayerError):
+    hint = "Run 'hsm-vault token info' to see which operations this token supports."
+
+
+class TokenOperationFailed(TokenLayerError):
+    hint = "The token refused the operation; check the key type and the token's log."
+
+
+# --- cards ------------------------------------------------------------------------------------
+
+
+class CardError(HsmVaultError):
+    hint = "Ask the card's owner to export it again, and compare its fingerprint out of band."
+
+
+class CardFormatError(CardError):
+    """The card text or bytes are malformed, not canonical, or of an unknown version."""
+
+
+class CardVerificationError(CardError):
+    """A card id or signature did not verify, or a required signer is missing."""
+
+
+class CardNotFound(CardError):
+    hint = "Run 'hsm-vault card list' to see the cards in the keyring, or 'card find' to fetch."
+
+
+class AmbiguousCard(CardError):
+    hint = "Several cards match: name one by its id (see 'hsm-vault card list')."
+
+
+class CardRevoked(CardError):
+    hint = "The card was revoked: ask its owner for their current card."
+
+
+class KeyringError(CardError):
+    hint = "Check the keyring folder; 'hsm-vault card list' reports entries it cannot read."
+
+
+# --- envelope (file format) -------------------------------------------------------------------
+
+
+class EnvelopeError(HsmVaultError):
+    hint = "The file is not a valid hsm-vault file, or it was damaged or tampered with."
+
+
+class HeaderError(EnvelopeError):
+    """The header is malformed, of an unknown version, or its MAC does not verify."""
+
+
+class PayloadError(EnvelopeError):
+    """A payload chunk failed authentication, or the payload was truncated or extended."""
+
+
+class NoMatchingRecipient(EnvelopeError):
+    hint = "The file was not encrypted to any key on this token; 'hsm-vault inspect' lists them."
+
+
+class SignatureError(EnvelopeError):
+    hint = "Do not trust this file: its signature is missing or does not verify."
+
+
+# --- server and client -------------------------------------------------------------------------
+
+
+class ServerError(HsmVaultError):
+    hint = "Check the server URL and that the server is running."
+
+
+class NotLoggedIn(ServerError):
+    hint = "Run 'hsm-vault login --server URL' first."
+
+
+class AuthenticationFailed(ServerError):
+    hint = "Log in again with 'hsm-vault login'; ask an officer for a new enrolment code."
+
+
+class PermissionDenied(ServerError):
+    hint = "Ask an officer or admin to do this, or to grant you the role."
+
+
+class NotFoundOnServer(ServerError):
+    hint = "Check the name or id; list what is there first."
+
+
+class ConflictOnServer(ServerError):
+    hint = "The request conflicts with what the server holds; refresh and try again."
+
+
+class RequestRejected(ServerError):
+    hint = "The server rejected the request; its message says why."
+
+
+class TooLarge(ServerError):
+    hint = "The upload is over the server's size limit or your quota; delete old blobs first."
+
+
+class ServerUnreachable(ServerError):
+    hint = "Check the server URL, the network, and that 'hsm-vault server run' is up."
+
+
+class ServerTrustError(ServerError):
+    hint = (
+        "The server's answer did not verify against the pinned application key: do not use it; "
+        "tell your security officer."
+    )

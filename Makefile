@@ -33,7 +33,7 @@ demo: deps venv
 	scripts/demo.sh
 
 lint: venv
-	$(BIN)/ruff check hsm_vault tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: deps venv lint

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -84,7 +84,7 @@ def load_spki(spki_der: bytes) -> PublicKey:
     """Parse a DER SubjectPublicKeyInfo into a `cryptography` public key (EC or RSA only)."""
     try:
         key = serialization.load_der_public_key(spki_der)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CardFormatError("the public key is not a valid SubjectPublicKeyInfo") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise CardFormatError("the public key is neither EC nor RSA")

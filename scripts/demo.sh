@@ -1,36 +1,151 @@
 #!/usr/bin/env bash
-# The hsm-vault demo: everything on one machine, with private SoftHSM tokens under .demo/.
-# Run it with `make demo` (which installs what it needs first). It cleans up after itself and
-# can be run again.
+# The hsm-vault demo: the whole flow on one machine, through the CLI.
+#
+# A server with its own token, an officer (olga), and three users (alice, bob, carol), each
+# with their own SoftHSM token, all under .demo/ (nothing in /etc or /var/lib). Run it with
+# `make demo`, which installs what it needs first. It cleans up after itself and can be run
+# again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEMO=$ROOT/.demo
 HV=$ROOT/.venv/bin/hsm-vault
+PY=$ROOT/.venv/bin/python
+SERVER_PID=
+
+cleanup() {
+  local rc=$?
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  rm -rf "$DEMO"
+  exit "$rc"
+}
+trap cleanup EXIT
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
-trap 'rm -rf "$DEMO"' EXIT
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
+bold=$'\033[1m' green=$'\033[32m' red=$'\033[31m' off=$'\033[0m'
+[ -t 1 ] || { bold= green= red= off=; }
+n=0
+step() { n=$((n + 1)); printf '\n%s== %d. %s%s\n' "$bold" "$n" "$*" "$off"; }
+# `as USER CMD...`: run hsm-vault as USER (their own config and keyring), echoing the command.
+as() {
+  local who=$1; shift
+  printf '%s$ %s\n' "[$who] " "hsm-vault $*"
+  HSM_VAULT_HOME=$DEMO/home/$who "$HV" "$@"
+}
+# `refused USER CMD...`: the same, for a command that must fail; the demo fails if it does not.
+refused() {
+  if as "$@"; then
+    printf '%sFAIL: that should have been refused%s\n' "$red" "$off"
+    exit 1
+  fi
+  printf '%s-> refused, as it must be%s\n' "$green" "$off"
+}
 
-export HSM_VAULT_PIN=demo-pin-0000  # the demo tokens' user PIN (scripts pass PINs this way)
-step "Initialise a SoftHSM token for alice (in $DEMO, not /etc)"
-eval "$(softhsm/init-token "$DEMO/softhsm" alice)"
-export HSM_VAULT_PKCS11_MODULE=$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null | head -1)
-export HSM_VAULT_HOME=$DEMO/alice
+# --- tokens --------------------------------------------------------------------------------
+step "Four SoftHSM tokens: the server's, alice's, bob's and carol's (in .demo/softhsm)"
+export HSM_VAULT_PIN=demo-user-pin  # scripts give PINs by environment or file, never argv
+for t in server alice bob carol; do
+  eval "$(softhsm/init-token "$DEMO/softhsm" "$t")"
+done
+HSM_VAULT_PKCS11_MODULE=$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so \
+  2>/dev/null | head -1)
+export SOFTHSM2_CONF HSM_VAULT_PKCS11_MODULE
+"$HV" token list
 
-step "The tokens the module offers"
-run "$HV" token list
+# --- server --------------------------------------------------------------------------------
+step "Server set-up: database, config, and the application key ON the server's token"
+printf '%s\n' "$HSM_VAULT_PIN" > "$DEMO/server.pin"
+chmod 600 "$DEMO/server.pin"
+DATA=$DEMO/server
+"$HV" server init --data "$DATA" --token server --pin-file "$DEMO/server.pin" --json \
+  > "$DEMO/init.json"
+APP_FP=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["fingerprint"])' \
+  "$DEMO/init.json")
+echo "application key fingerprint: $APP_FP  (users get this out of band)"
 
-step "Generate alice's key pair ON the token (non-extractable)"
-run "$HV" key generate alice-key --token alice
+PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+URL=http://127.0.0.1:$PORT
+step "Start the server on $URL"
+"$HV" server run --data "$DATA" --port "$PORT" --pin-file "$DEMO/server.pin" \
+  --log-level warning > "$DEMO/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 100); do
+  curl -fsS "$URL/v1/app" > /dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS "$URL/v1/app" > /dev/null || { cat "$DEMO/server.log"; exit 1; }
+echo "server is up (pid $SERVER_PID)"
 
-step "List and show it"
-run "$HV" key list --token alice
-run "$HV" key show pkcs11:token=alice\;object=alice-key
+step "The server operator enrols an officer (olga) and three users"
+declare -A CODE
+for who in olga:officer alice:user bob:user carol:user; do
+  name=${who%%:*} role=${who##*:}
+  CODE[$name]=$("$HV" server add-user "$name" --role "$role" --data "$DATA" --json |
+    "$PY" -c 'import json,sys; print(json.load(sys.stdin)["enrolment_code"])')
+  echo "enrolled $name as $role (one-time code handed over privately)"
+done
 
-step "Export the public key (the private key cannot be exported)"
-run "$HV" key export-public alice-key --token alice
+step "Everyone logs in with their code and pins the application key"
+for name in olga alice bob carol; do
+  HSM_VAULT_ENROLMENT_CODE=${CODE[$name]} as "$name" login --server "$URL" --user "$name" \
+    --app-fingerprint "$APP_FP" --yes
+done
+as alice whoami
 
-step "Done"
+# --- keys and cards ------------------------------------------------------------------------
+declare -A KEYTYPE=([alice]=ec-p256 [bob]=rsa-3072 [carol]=ec-p384)
+for name in alice bob carol; do
+  step "$name generates a ${KEYTYPE[$name]} key ON the token, makes a card, and publishes it"
+  as "$name" key generate "$name-key" --type "${KEYTYPE[$name]}" --token "$name"
+  as "$name" card create "$name" --key "$name-key" --token "$name"
+  as "$name" card publish "$name"
+done
+
+step "olga (officer) sees the pending cards and approves them (signed on the server's token)"
+as olga card pending
+for id in $(HSM_VAULT_HOME=$DEMO/home/olga "$HV" card pending --json |
+  "$PY" -c 'import json,sys; print(" ".join(c["id"] for c in json.load(sys.stdin)))'); do
+  as olga card approve "$id"
+done
+
+step "alice finds bob's card: self and app signatures verified against the pinned key"
+as alice card find bob
+as alice card find alice
+
+# --- encrypt, store, decrypt ---------------------------------------------------------------
+step "alice encrypts a file for alice and bob (no token needed to encrypt)"
+printf 'Quarterly numbers: 42.\nFor alice and bob only.\n' > "$DEMO/report.txt"
+as alice encrypt --to alice --to bob -o "$DEMO/report.txt.hsmv" "$DEMO/report.txt"
+as alice inspect "$DEMO/report.txt.hsmv"
+
+step "alice uploads the ciphertext to the server's blob store"
+as alice store put "$DEMO/report.txt.hsmv" --name report.txt.hsmv
+as alice store list
+
+step "bob downloads it and decrypts it on his token"
+as bob store get alice/report.txt.hsmv -o "$DEMO/bob-report.txt.hsmv"
+as bob decrypt --token bob -o "$DEMO/bob-report.txt" "$DEMO/bob-report.txt.hsmv"
+cat "$DEMO/bob-report.txt"
+
+step "alice decrypts her copy on her token"
+as alice decrypt --token alice -o "$DEMO/alice-report.txt" "$DEMO/report.txt.hsmv"
+cmp "$DEMO/report.txt" "$DEMO/alice-report.txt" && echo "alice's plaintext matches the original"
+
+step "carol is not a recipient: the server will not give her the blob, her token cannot open it"
+refused carol store get alice/report.txt.hsmv -o "$DEMO/carol.hsmv"
+refused carol decrypt --token carol -o "$DEMO/carol-report.txt" "$DEMO/report.txt.hsmv"
+[ ! -e "$DEMO/carol-report.txt" ] && echo "no output file was left behind"
+
+# --- revocation ----------------------------------------------------------------------------
+step "bob revokes his card (signed on his token); alice refreshes her keyring"
+as bob card revoke bob --reason key-compromise --key bob-key --token bob
+as alice card refresh
+
+step "New files can no longer be encrypted to bob"
+refused alice encrypt --to bob -o "$DEMO/after.hsmv" "$DEMO/report.txt"
+
+step "Done: the whole flow ran; .demo/ is removed on exit"

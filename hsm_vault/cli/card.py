@@ -490,5 +490,8 @@ def import_revocation(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `card` command group to the application."""
+    """Add the `card` command group, with its server commands, to the application."""
+    from hsm_vault.cli.card_server import register_card_commands
+
+    register_card_commands(card_app)
     app.add_typer(card_app, name="card")

@@ -1,0 +1,215 @@
+"""Persistence: SQLAlchemy 2 models, the engine, and schema migrations (Alembic).
+
+The schema is owned by the migrations in `hsm_vault/server/migrations/versions/`; the models
+here must match them (a test compares the two). `migrate_to_head` runs at `server init` and at
+every start-up, so upgrading hsm-vault keeps the existing data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timestamps stored as naive UTC (SQLite keeps no zone) and returned zone-aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC)
+
+
+class Role(StrEnum):
+    """Account roles; each includes the rights of the ones before it."""
+
+    USER = "user"
+    OFFICER = "officer"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def includes(self, other: Role) -> bool:
+        return self.rank >= other.rank
+
+
+class CardStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"
+    REVOKED = "revoked"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The card identity this account may publish cards for.
+    identity: Mapped[str] = mapped_column(String(255), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    @property
+    def role_enum(self) -> Role:
+        return Role(self.role)
+
+
+class EnrolmentCode(Base):
+    __tablename__ = "enrolment_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class AuthFailure(Base):
+    """One failed authentication, counted per client address and per user name."""
+
+    __tablename__ = "auth_failures"
+    __table_args__ = (Index("ix_auth_failures_subject_at", "subject", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: "ip:ADDRESS" or "user:NAME".
+    subject: Mapped[str] = mapped_column(String(300))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class CardRecord(Base):
+    """A published card: its text (with every signature it has so far) and its state."""
+
+    __tablename__ = "cards"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    identity: Mapped[str] = mapped_column(String(255), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    previous_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    superseded_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    published_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reject_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The signed revocation statement (one line), once revoked.
+    revocation: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # Several requests write at once; WAL lets readers go on while one writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def _create_private_sqlite_file(url: str) -> None:
+    # The database holds token hashes and account data: readable by the server user only.
+    path = make_url(url).database
+    if path and path != ":memory:" and not Path(path).exists():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).touch(mode=0o600)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout."""
+    if url.startswith("sqlite"):
+        _create_private_sqlite_file(url)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = engine
+    return config
+
+
+def migrate_to_head(engine: Engine) -> None:
+    """Bring the schema up to the newest migration (a no-op when it is already there)."""
+    from alembic import command
+
+    from hsm_vault.errors import ConfigError
+
+    try:
+        command.upgrade(_alembic_config(engine), "head")
+    except Exception as exc:  # SQLAlchemy/Alembic errors: the database is unusable
+        raise ConfigError(
+            f"cannot migrate the database: {type(exc).__name__}: {exc}".splitlines()[0],
+            hint="Check --database-url and that the database server is reachable.",
+        ) from exc
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The migration the database is at (None before the first)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

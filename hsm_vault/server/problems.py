@@ -1,0 +1,225 @@
+"""Errors as RFC 9457 problem documents (`application/problem+json`), everywhere.
+
+Routes raise `Problem` (or a FastAPI `HTTPException`); validation errors, unknown paths and
+unexpected failures are turned into problem documents too, so a client only ever has to parse
+one error shape: `{"type", "title", "status", "detail"}` plus optional extension members.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hsm_vault.errors import (
+    AuthenticationFailed,
+    CardError,
+    CardNotFound,
+    ConflictOnServer,
+    HsmVaultError,
+    NotFoundOnServer,
+    PermissionDenied,
+    RequestRejected,
+    TokenLayerError,
+    TooLarge,
+    UsageError,
+)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("hsm_vault.server")
+
+
+class ProblemDocument(BaseModel):
+    """An RFC 9457 problem document, as every error answer of the API is."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries saying these statuses answer with a problem document."""
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "model": ProblemDocument,
+            "content": {PROBLEM_MEDIA_TYPE: {}},
+        }
+        for status in statuses
+    }
+
+
+class Problem(Exception):
+    """An error to answer with a problem document; `detail` is shown to the person."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        type_: str = "about:blank",
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.title = title or HTTPStatus(status).phrase
+        self.type = type_
+        self.headers = headers
+        self.extensions = extensions
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extensions,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    errors = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error.get("loc", ()))
+        errors.append({"location": location, "message": str(error.get("msg", ""))})
+    first = errors[0] if errors else {"location": "", "message": "invalid request"}
+    return f"{first['location']}: {first['message']}", errors
+
+
+def status_for(exc: HsmVaultError) -> int:
+    """The HTTP status for a library error raised while handling a request."""
+    table: list[tuple[type[HsmVaultError], int]] = [
+        (AuthenticationFailed, 401),
+        (PermissionDenied, 403),
+        (NotFoundOnServer, 404),
+        (CardNotFound, 404),
+        (ConflictOnServer, 409),
+        (TooLarge, 413),
+        (CardError, 422),
+        (UsageError, 422),
+        (RequestRejected, 400),
+        (TokenLayerError, 503),
+    ]
+    for cls, status in table:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Make every error response of `app` a problem document."""
+
+    @app.exception_handler(Problem)
+    async def _problem(_request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(
+            exc.status,
+            exc.detail,
+            title=exc.title,
+            type_=exc.type,
+            headers=exc.headers,
+            **exc.extensions,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = "no such endpoint"
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(exc.status_code, detail, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail, errors = _validation_detail(exc)
+        return problem_response(422, f"invalid request: {detail}", errors=errors)
+
+    @app.exception_handler(HsmVaultError)
+    async def _library(_request: Request, exc: HsmVaultError) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500:
+            log.error("%s: %s", type(exc).__name__, exc.message)
+        return problem_response(status, exc.message, error=type(exc).__name__)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return problem_response(500, "the server failed to handle the request")
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse request bodies over a limit with 413.
+
+    JSON endpoints are small, so their body is read here (up to the limit) and replayed to
+    the app: a declared Content-Length over the limit is refused before reading, and a chunked
+    body is refused as soon as it passes the limit. Path prefixes listed in `streaming` (blob
+    uploads) pass through untouched; their routes limit what they receive themselves.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, default_limit: int, streaming: tuple[str, ...] = ()
+    ) -> None:
+        self.app = app
+        self.default_limit = default_limit
+        self.streaming = streaming
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.streaming):
+            await self.app(scope, receive, send)
+            return
+        limit = self.default_limit
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > limit:
+                    await self._refuse(scope, receive, send, limit)
+                    return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            if len(body) > limit:
+                await self._refuse(scope, receive, send, limit)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = problem_response(413, f"the request body is over the limit of {limit} bytes")
+        await response(scope, receive, send)

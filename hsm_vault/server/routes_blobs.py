@@ -1,0 +1,517 @@
+"""HTTP routes of the blob store: `/v1/blobs`.
+
+- `PUT /v1/blobs/{name}`: upload (the request body, streamed). `?replace=true` replaces an
+  existing blob of the same name atomically. 201 with the blob's metadata.
+- `GET /v1/blobs/{name}`: download, streamed, with single byte ranges (206 + Content-Range).
+- `HEAD /v1/blobs/{name}`: the download's headers, without the body.
+- `GET /v1/blobs/{name}/meta`: metadata as JSON.
+- `GET /v1/blobs`: the caller's blobs, and with `?shared=true` also blobs shared with them.
+- `DELETE /v1/blobs/{name}`: the owner only.
+
+Blob names are per owner; another user's blob is named with `?owner=USER`. The owner and the
+blob's recipients (users with an approved card whose key id the envelope header names) may
+read; only the owner deletes; anybody else gets 403.
+
+Uploads go through a `BlobWriter`, which commits only after the last byte, and the database
+record is written only after that, so a cut-off upload leaves nothing visible. The maximum
+blob size and the per-user quota are checked against Content-Length first and against the
+bytes actually received while streaming, and answer 413.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from hsm_vault.envelope.format import MAC_LENGTH, MAX_BODY_LENGTH, PREFIX_LENGTH
+from hsm_vault.errors import ConfigError, TooLarge
+from hsm_vault.server.auth import CurrentUser, DbDep
+from hsm_vault.server.blob_models import BlobRecipient, BlobRecord
+from hsm_vault.server.blobs import (
+    BlobStore,
+    BlobWriter,
+    LocalBlobStore,
+    blob_store_from_url,
+    new_blob_key,
+)
+from hsm_vault.server.db import User, utcnow
+from hsm_vault.server.problems import Problem
+from hsm_vault.server.settings import ServerSettings
+
+BLOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$"
+_BLOB_NAME = re.compile(BLOB_NAME_PATTERN)
+GiB = 1024 * 1024 * 1024
+# Coalesce the ASGI body messages (~64 KiB) before each hop to the worker thread.
+_WRITE_BATCH = 1024 * 1024
+# How many leading bytes are kept to read the envelope header from: the longest header.
+HEADER_PEEK_BYTES = PREFIX_LENGTH + MAX_BODY_LENGTH + MAC_LENGTH
+
+router = APIRouter(prefix="/v1/blobs", tags=["blobs"])
+
+
+@dataclass(frozen=True)
+class BlobSettings:
+    """The blob store's settings, kept in `ServerSettings.extra["blobs"]`.
+
+    `store`: a blob store URL (`file:///PATH`, `s3://BUCKET/PREFIX?endpoint_url=...`), by
+    default the folder `blobs` in the server's data folder. Sizes are in bytes.
+    """
+
+    store: str
+    max_blob_bytes: int = 4 * GiB
+    quota_bytes: int = 20 * GiB
+
+    def __post_init__(self) -> None:
+        if self.max_blob_bytes < 0 or self.quota_bytes < 0:
+            raise ConfigError("blob size limits must not be negative")
+
+    @classmethod
+    def from_server_settings(cls, settings: ServerSettings) -> BlobSettings:
+        raw = dict((settings.extra or {}).get("blobs") or {})
+        unknown = set(raw) - {"store", "max_blob_bytes", "quota_bytes"}
+        if unknown:
+            raise ConfigError(f"unknown blob settings: {', '.join(sorted(unknown))}")
+        raw.setdefault("store", str(settings.data_dir / "blobs"))
+        return cls(**raw)
+
+
+def configure_blob_store(app: FastAPI, settings: ServerSettings) -> None:
+    """Open the blob store and put it and its settings on `app.state` (at app creation)."""
+    blob_settings = BlobSettings.from_server_settings(settings)
+    store = blob_store_from_url(blob_settings.store)
+    if isinstance(store, LocalBlobStore):
+        # Temporaries of a process that crashed mid-upload; a day old, so no live upload.
+        store.remove_stale_temporaries()
+    app.state.blob_settings = blob_settings
+    app.state.blob_store = store
+
+
+def get_blob_store(request: Request) -> BlobStore:
+    """The app's blob store (a FastAPI dependency); opened on first use if not configured."""
+    if getattr(request.app.state, "blob_store", None) is None:
+        configure_blob_store(request.app, request.app.state.settings)
+    store: BlobStore = request.app.state.blob_store
+    return store
+
+
+def get_blob_settings(request: Request) -> BlobSettings:
+    get_blob_store(request)
+    blob_settings: BlobSettings = request.app.state.blob_settings
+    return blob_settings
+
+
+StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
+BlobSettingsDep = Annotated[BlobSettings, Depends(get_blob_settings)]
+
+
+# --- envelope headers and cards: what the server can read without decrypting -----------------
+
+
+def recipient_key_ids_of(prefix: bytes) -> tuple[int, list[str]] | None:
+    """(format version, recipients' key ids as lower-case hex) from the first bytes of a blob.
+
+    The header is parsed and checked, but its MAC cannot be verified without the file key,
+    which the server never has. None if the bytes do not start with a valid hsm-vault header;
+    such a blob is stored as it is, readable by its owner only.
+    """
+    from hsm_vault.envelope import read_header
+    from hsm_vault.envelope.format import MAGIC
+    from hsm_vault.errors import EnvelopeError
+
+    try:
+        header = read_header(io.BytesIO(prefix))
+    except EnvelopeError:
+        return None
+    return header.raw[len(MAGIC)], sorted(set(header.key_ids()))
+
+
+def key_ids_of_user(db: Session, user: User) -> set[str]:
+    """Key ids (lower-case hex SHA-256 of the SPKI) of the user's approved cards."""
+    from hsm_vault.cards import Card
+    from hsm_vault.errors import CardError
+    from hsm_vault.server.db import CardRecord, CardStatus
+
+    texts = db.scalars(
+        select(CardRecord.text).where(
+            CardRecord.owner_id == user.id, CardRecord.status == CardStatus.APPROVED.value
+        )
+    ).all()
+    found = set()
+    for text in texts:
+        try:
+            found.add(Card.from_text(text).key_id.hex())
+        except CardError:
+            continue  # the card routes validated it when it was published
+    return found
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _check_name(name: str) -> str:
+    if not _BLOB_NAME.match(name):
+        raise Problem(
+            422,
+            f"invalid blob name {name!r}: use 1-200 letters, digits and . _ + = @ -, "
+            "starting with a letter or digit",
+        )
+    return name
+
+
+# An upload refused before its body was read: closing the connection stops the client from
+# sending the rest (the server would otherwise read and discard it to keep the connection).
+_CLOSE = {"Connection": "close"}
+
+
+def _too_large(detail: str, **extensions: Any) -> Problem:
+    return Problem(413, detail, headers=_CLOSE, **extensions)
+
+
+def _used_bytes(db: Session, user_id: int) -> int:
+    return int(
+        db.scalar(
+            select(func.coalesce(func.sum(BlobRecord.size), 0)).where(
+                BlobRecord.owner_id == user_id
+            )
+        )
+        or 0
+    )
+
+
+def _find_owner(db: Session, caller: User, owner: str | None) -> User:
+    if owner is None or owner == caller.name:
+        return caller
+    user = db.scalar(select(User).where(User.name == owner))
+    if user is None:
+        raise Problem(404, f"no user named {owner!r}")
+    return user
+
+
+def _find_blob(db: Session, owner: User, name: str) -> BlobRecord:
+    record = db.scalar(
+        select(BlobRecord).where(BlobRecord.owner_id == owner.id, BlobRecord.name == name)
+    )
+    if record is None:
+        raise Problem(404, f"no blob named {name!r} owned by {owner.name}")
+    return record
+
+
+def _readable_blob(db: Session, caller: User, owner_name: str | None, name: str) -> BlobRecord:
+    """The blob, if the caller owns it or is one of its recipients; 403 otherwise."""
+    _check_name(name)
+    owner = _find_owner(db, caller, owner_name)
+    record = _find_blob(db, owner, name)
+    if record.owner_id == caller.id:
+        return record
+    recipients = {r.key_id for r in record.recipients}
+    if recipients and recipients & key_ids_of_user(db, caller):
+        return record
+    raise Problem(403, f"you are neither the owner nor a recipient of {owner.name}/{name}")
+
+
+def blob_metadata(record: BlobRecord, owner_name: str) -> dict[str, Any]:
+    """The JSON description of a blob (what /meta and list return)."""
+    return {
+        "name": record.name,
+        "owner": owner_name,
+        "size": record.size,
+        "sha256": record.sha256,
+        "created_at": record.created_at.isoformat().replace("+00:00", "Z"),
+        "envelope_version": record.envelope_version,
+        "recipients": sorted(r.key_id for r in record.recipients),
+    }
+
+
+def _owner_name(db: Session, record: BlobRecord, caller: User) -> str:
+    if record.owner_id == caller.id:
+        return caller.name
+    return str(db.scalar(select(User.name).where(User.id == record.owner_id)))
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive byte range of a single-range `Range` header; None for the whole blob.
+
+    A header we do not understand (another unit, several ranges) is ignored, as RFC 9110
+    allows; an unsatisfiable range raises 416.
+    """
+    if not header:
+        return None
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not match or (not match.group(1) and not match.group(2)):
+        return None
+    first_text, last_text = match.groups()
+    if first_text:
+        first = int(first_text)
+        last = min(int(last_text), size - 1) if last_text else size - 1
+        if last_text and int(last_text) < first:
+            return None  # syntactically invalid: ignore the header
+    else:
+        suffix = int(last_text)
+        if suffix == 0:
+            first, last = size, size - 1  # unsatisfiable
+        else:
+            first, last = max(0, size - suffix), size - 1
+    if first >= size:
+        raise Problem(
+            416,
+            f"the range starts at or after the end of the blob ({size} bytes)",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return first, last
+
+
+def _digest_headers(record: BlobRecord) -> dict[str, str]:
+    digest = base64.b64encode(bytes.fromhex(record.sha256)).decode()
+    return {
+        "ETag": f'"{record.sha256}"',
+        "Repr-Digest": f"sha-256=:{digest}:",
+        "Accept-Ranges": "bytes",
+        "Last-Modified": record.created_at.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+    }
+
+
+# --- routes ---------------------------------------------------------------------------------------
+
+
+@router.get("")
+def list_blobs(
+    db: DbDep,
+    user: CurrentUser,
+    shared: Annotated[bool, Query(description="also list blobs shared with you")] = False,
+) -> dict[str, Any]:
+    """The caller's blobs (and, with shared=true, those naming one of their cards)."""
+    own = db.scalars(
+        select(BlobRecord).where(BlobRecord.owner_id == user.id).order_by(BlobRecord.name)
+    ).all()
+    items = [blob_metadata(r, user.name) for r in own]
+    if shared:
+        key_ids = key_ids_of_user(db, user)
+        if key_ids:
+            rows = db.execute(
+                select(BlobRecord, User.name)
+                .join(User, User.id == BlobRecord.owner_id)
+                .join(BlobRecipient, BlobRecipient.blob_id == BlobRecord.id)
+                .where(BlobRecipient.key_id.in_(key_ids), BlobRecord.owner_id != user.id)
+                .distinct()
+                .order_by(User.name, BlobRecord.name)
+            ).all()
+            items += [blob_metadata(record, owner) for record, owner in rows]
+    return {
+        "blobs": items,
+        "used_bytes": _used_bytes(db, user.id),
+    }
+
+
+@router.put(
+    "/{name}",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def upload_blob(
+    name: str,
+    request: Request,
+    db: DbDep,
+    user: CurrentUser,
+    store: StoreDep,
+    limits: BlobSettingsDep,
+    replace: bool = False,
+) -> JSONResponse:
+    """Store the request body as blob `name`, streamed; nothing is visible until it is whole."""
+    _check_name(name)
+    declared: int | None = None
+    if "content-length" in request.headers:
+        try:
+            declared = int(request.headers["content-length"])
+        except ValueError:
+            raise Problem(400, "Content-Length is not a number") from None
+    if declared is not None and declared > limits.max_blob_bytes:
+        raise _too_large(
+            f"the blob is {declared} bytes, over the server's limit of "
+            f"{limits.max_blob_bytes} bytes per blob",
+            limit=limits.max_blob_bytes,
+        )
+
+    def prepare() -> tuple[int, BlobRecord | None]:
+        existing = db.scalar(
+            select(BlobRecord).where(BlobRecord.owner_id == user.id, BlobRecord.name == name)
+        )
+        return _used_bytes(db, user.id), existing
+
+    used, existing = await run_in_threadpool(prepare)
+    if existing is not None and not replace:
+        raise Problem(
+            409, f"you already have a blob named {name!r}; pass replace=true", headers=_CLOSE
+        )
+    # A replaced blob's bytes are freed when the new one lands.
+    available = limits.quota_bytes - used + (existing.size if existing is not None else 0)
+    if declared is not None and declared > available:
+        raise _too_large(_quota_message(limits, used, declared), quota=limits.quota_bytes)
+
+    key = new_blob_key()
+    writer = await run_in_threadpool(
+        store.open_writer, key, max_size=min(limits.max_blob_bytes, max(available, 0))
+    )
+    head = bytearray()
+    try:
+        await _receive_into(request, writer, head)
+        if declared is not None and writer.size != declared:
+            raise Problem(400, f"received {writer.size} bytes, Content-Length said {declared}")
+        info = await run_in_threadpool(writer.commit)
+    except TooLarge:
+        if available >= limits.max_blob_bytes:
+            raise _too_large(
+                f"the blob is over the server's limit of {limits.max_blob_bytes} bytes per blob",
+                limit=limits.max_blob_bytes,
+            ) from None
+        raise _too_large(_quota_message(limits, used, None), quota=limits.quota_bytes) from None
+    except ClientDisconnect:
+        # The client went away half way: throw the partial blob away, answer nobody.
+        return JSONResponse({}, status_code=400)
+    finally:
+        await _abort(writer)  # a no-op once committed
+
+    peeked = await run_in_threadpool(recipient_key_ids_of, bytes(head))
+
+    def record_it() -> BlobRecord:
+        # The quota is checked again now that the size is known: uploads may run in parallel.
+        if _used_bytes(db, user.id) - (existing.size if existing else 0) + info.size > (
+            limits.quota_bytes
+        ):
+            raise _too_large(_quota_message(limits, used, info.size), quota=limits.quota_bytes)
+        if existing is not None:
+            db.delete(existing)
+            db.flush()
+        record = BlobRecord(
+            owner_id=user.id,
+            name=name,
+            storage_key=info.key,
+            size=info.size,
+            sha256=info.sha256,
+            created_at=utcnow(),
+            envelope_version=peeked[0] if peeked else None,
+            recipients=[BlobRecipient(key_id=k) for k in (peeked[1] if peeked else [])],
+        )
+        db.add(record)
+        db.commit()
+        return record
+
+    try:
+        record = await run_in_threadpool(record_it)
+    except (Problem, IntegrityError) as exc:
+        await run_in_threadpool(db.rollback)
+        await run_in_threadpool(store.delete, info.key)
+        if isinstance(exc, Problem):
+            raise
+        raise Problem(409, f"a blob named {name!r} was uploaded at the same time") from None
+    if existing is not None:
+        await run_in_threadpool(store.delete, existing.storage_key)
+    return JSONResponse(
+        blob_metadata(record, user.name),
+        status_code=201,
+        headers={"Location": f"/v1/blobs/{name}"},
+    )
+
+
+async def _abort(writer: BlobWriter) -> None:
+    """Abort in a worker thread; in the event loop itself if the request was cancelled."""
+    try:
+        await run_in_threadpool(writer.abort)
+    except asyncio.CancelledError:
+        writer.abort()  # no await may complete in a cancelled scope: clean up before leaving
+        raise
+
+
+def _quota_message(limits: BlobSettings, used: int, size: int | None) -> str:
+    what = f"{size} more bytes" if size is not None else "this blob"
+    return (
+        f"storing {what} would put you over your quota of {limits.quota_bytes} bytes "
+        f"({used} bytes used)"
+    )
+
+
+async def _receive_into(request: Request, writer: BlobWriter, head: bytearray) -> None:
+    """Feed the request body into `writer`, keeping the first bytes for the header peek."""
+    batch = bytearray()
+    async for chunk in request.stream():
+        if len(head) < HEADER_PEEK_BYTES:
+            head += chunk[: HEADER_PEEK_BYTES - len(head)]
+        batch += chunk
+        if len(batch) >= _WRITE_BATCH:
+            await run_in_threadpool(writer.write, bytes(batch))
+            batch.clear()
+    if batch:
+        await run_in_threadpool(writer.write, bytes(batch))
+
+
+@router.get("/{name}/meta")
+def blob_meta(name: str, db: DbDep, user: CurrentUser, owner: str | None = None) -> dict[str, Any]:
+    """Size, SHA-256, created-at, owner and recipients' key ids of a readable blob."""
+    record = _readable_blob(db, user, owner, name)
+    return blob_metadata(record, _owner_name(db, record, user))
+
+
+@router.head("/{name}", response_model=None, operation_id="head_blob")
+@router.get("/{name}", response_model=None, operation_id="download_blob")
+def download_blob(
+    name: str,
+    request: Request,
+    db: DbDep,
+    user: CurrentUser,
+    store: StoreDep,
+    owner: str | None = None,
+) -> Response:
+    """The blob's bytes, streamed; a single `Range` gives 206 with Content-Range."""
+    record = _readable_blob(db, user, owner, name)
+    headers = _digest_headers(record)
+    size = record.size
+    wanted = _parse_range(request.headers.get("range"), size)
+    if wanted is None:
+        first, last, status = 0, size - 1, 200
+    else:
+        first, last = wanted
+        status = 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    headers["Content-Length"] = str(last - first + 1)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    chunks = store.read(record.storage_key, first, last) if last >= first else iter(())
+    return StreamingResponse(
+        chunks, status_code=status, headers=headers, media_type="application/octet-stream"
+    )
+
+
+@router.delete("/{name}", status_code=204)
+def delete_blob(
+    name: str, db: DbDep, user: CurrentUser, store: StoreDep, owner: str | None = None
+) -> Response:
+    """Delete one of the caller's own blobs (a recipient may read, never delete)."""
+    _check_name(name)
+    blob_owner = _find_owner(db, user, owner)
+    record = _find_blob(db, blob_owner, name)
+    if record.owner_id != user.id:
+        raise Problem(403, f"only {blob_owner.name} may delete {blob_owner.name}/{name}")
+    storage_key = record.storage_key
+    db.delete(record)
+    db.commit()
+    # The record goes first: a crash in between leaves an orphan object, never a dangling name.
+    store.delete(storage_key)
+    return Response(status_code=204)

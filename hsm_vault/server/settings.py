@@ -1,0 +1,130 @@
+"""The server's settings: one explicit object, saved as `server.json` in the data folder.
+
+`hsm-vault server init` writes the file; `hsm-vault server run` reads it (options on the command
+line override single fields). The file holds no secret: the token PIN comes from a PIN file or
+the environment when the server starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from hsm_vault.errors import ConfigError, PinUnavailable
+from hsm_vault.token.pin import PIN_ENV, Pin, PinSource
+
+SETTINGS_FILE = "server.json"
+SETTINGS_VERSION = 1
+#: The environment variable read for the server token's PIN before HSM_VAULT_PIN.
+SERVER_PIN_ENV = "HSM_VAULT_SERVER_PIN"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the server process needs to know; routes read it from `request.app.state`.
+
+    `data_dir` holds `server.json`, the SQLite database (unless `database_url` names another)
+    and whatever the blob store keeps locally.
+    """
+
+    data_dir: Path
+    database_url: str | None = None
+    #: PKCS#11 module path (None: HSM_VAULT_PKCS11_MODULE or p11-kit).
+    module: str | None = None
+    #: The server's token: a label or a pkcs11: URI.
+    token: str = "server"
+    #: The application key on that token: a label or a pkcs11: URI.
+    app_key: str = "hsm-vault-app"
+    #: A file whose first line is the token's user PIN (else HSM_VAULT_SERVER_PIN / _PIN).
+    pin_file: Path | None = None
+    #: Approve every published card at once (off by default: an officer approves).
+    auto_approve: bool = False
+    api_token_ttl_seconds: int = 30 * 24 * 3600
+    enrolment_ttl_seconds: int = 7 * 24 * 3600
+    #: Failed authentications allowed per client IP and per user name in one window.
+    auth_failures_allowed: int = 10
+    auth_failure_window_seconds: int = 15 * 60
+    #: Upper bound for JSON request bodies (blob uploads set their own limit).
+    max_json_bytes: int = 64 * 1024
+    #: Settings of other server parts (e.g. the blob store), kept as given.
+    extra: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.api_token_ttl_seconds <= 0 or self.enrolment_ttl_seconds <= 0:
+            raise ConfigError("token and enrolment lifetimes must be positive")
+        if self.max_json_bytes < 1024:
+            raise ConfigError("max_json_bytes must be at least 1024")
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, SQLite in the data folder by default."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'hsm-vault.db').resolve()}"
+
+    @property
+    def settings_path(self) -> Path:
+        return self.data_dir / SETTINGS_FILE
+
+    def pin_source(self) -> PinSource:
+        """Where the token PIN comes from: the PIN file, then the environment; never a prompt."""
+        if self.pin_file is not None:
+            return PinSource(pin_file=self.pin_file, interactive=False)
+        env = SERVER_PIN_ENV if os.environ.get(SERVER_PIN_ENV) else PIN_ENV
+        return PinSource(env_var=env, interactive=False)
+
+    def read_pin(self) -> Pin:
+        """The server token's PIN, or PinUnavailable with a hint for an unattended server."""
+        try:
+            return self.pin_source().get(self.token)
+        except PinUnavailable as exc:
+            raise PinUnavailable(
+                exc.message,
+                hint=f"Give the server a PIN file (--pin-file) or set {SERVER_PIN_ENV}.",
+            ) from None
+
+    def save(self) -> None:
+        """Write `server.json` into the data folder (mode 0600: it names the PIN file)."""
+        from hsm_vault.config import write_private_file
+
+        body: dict[str, Any] = {"version": SETTINGS_VERSION}
+        for key, value in asdict(self).items():
+            if key == "data_dir":
+                continue
+            body[key] = str(value) if isinstance(value, Path) else value
+        write_private_file(
+            self.settings_path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+        )
+
+    @classmethod
+    def load(cls, data_dir: Path) -> ServerSettings:
+        """Read `server.json` from `data_dir`; ConfigError if it is missing or malformed."""
+        path = data_dir / SETTINGS_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no server settings in {data_dir}",
+                hint="Run 'hsm-vault server init --data DIR' first.",
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(raw, dict) or raw.pop("version", None) != SETTINGS_VERSION:
+            raise ConfigError(f"{path} is not a version {SETTINGS_VERSION} server settings file")
+        known = {f.name for f in fields(cls)} - {"data_dir"}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"{path} has unknown settings: {', '.join(sorted(unknown))}")
+        if raw.get("pin_file"):
+            raw["pin_file"] = Path(raw["pin_file"])
+        try:
+            return cls(data_dir=data_dir, **raw)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    def with_overrides(self, **changes: Any) -> ServerSettings:
+        """A copy with the given fields replaced; None values are ignored."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -117,6 +118,24 @@ def init(
             help="Failed logins allowed per address or user in 15 minutes. [default: 10]",
         ),
     ] = None,
+    blob_store: Annotated[
+        str | None,
+        typer.Option(
+            "--blob-store",
+            help="Where blobs go: file:///PATH, or s3://BUCKET/PREFIX?endpoint_url=URL&region=R "
+            "for an S3-compatible bucket. [default: the folder blobs/ in the data folder]",
+        ),
+    ] = None,
+    max_blob_mib: Annotated[
+        int | None,
+        typer.Option(
+            "--max-blob-mib", min=1, help="Largest blob accepted, in MiB. [default: 4096]"
+        ),
+    ] = None,
+    quota_mib: Annotated[
+        int | None,
+        typer.Option("--quota-mib", min=1, help="Storage per user, in MiB. [default: 20480]"),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create the data folder, the database and the application key on the server's token.
@@ -144,6 +163,19 @@ def init(
         enrolment_ttl_seconds=code_hours * 3600 if code_hours else None,
         auth_failures_allowed=auth_failures,
     )
+    blob_settings = {
+        name: value
+        for name, value in (
+            ("store", blob_store),
+            ("max_blob_bytes", max_blob_mib * 2**20 if max_blob_mib else None),
+            ("quota_bytes", quota_mib * 2**20 if quota_mib else None),
+        )
+        if value is not None
+    }
+    if blob_settings:
+        extra = dict(settings.extra or {})
+        extra["blobs"] = {**(extra.get("blobs") or {}), **blob_settings}
+        settings = replace(settings, extra=extra)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     info, created = ensure_application_key(settings, key_type)
     engine = make_engine(settings.effective_database_url)

@@ -97,15 +97,18 @@ def test_no_matching_key_on_the_token(cards, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_failed_decrypt_leaves_no_output_and_keeps_the_old_target(cards, tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunks", [2, 6], ids=["one-buffer", "threads"])
+def test_failed_decrypt_leaves_no_output_and_keeps_the_old_target(
+    cards, tmp_path: Path, chunks: int
+) -> None:
     tmp_path = tmp_path / "work"  # a folder of its own, so that stray files would show
     tmp_path.mkdir()
-    data = os.urandom(2 * DEFAULT_CHUNK_SIZE + 5)
+    data = os.urandom(chunks * DEFAULT_CHUNK_SIZE + 5)
     src, sealed = tmp_path / "in", tmp_path / "in.hsmv"
     src.write_bytes(data)
     encrypt_file(src, sealed, [recipient_for(cards["alice-p256"])])
     damaged = bytearray(sealed.read_bytes())
-    damaged[-3] ^= 0x80  # the last tag: two chunks verify first and were written to the temp
+    damaged[-3] ^= 0x80  # the last tag: the chunks before it verify and reach the temp file
     sealed.write_bytes(bytes(damaged))
     out = tmp_path / "out"
     with pytest.raises(PayloadError):

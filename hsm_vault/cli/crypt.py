@@ -33,7 +33,9 @@ PROGRESS_THRESHOLD = 16 << 20
 
 FilesArg = Annotated[
     list[str] | None,
-    typer.Argument(help="Input files; '-' or nothing reads stdin.", show_default=False),
+    typer.Argument(
+        help="Input files; '-' or nothing reads stdin.", metavar="FILE", show_default=False
+    ),
 ]
 OutputOpt = Annotated[
     str | None,
@@ -204,6 +206,7 @@ def encrypt(
         typer.Option(
             "--to",
             "-r",
+            metavar="IDENTITY|CARD_ID|CARD_FILE",
             help="Recipient: an identity, a card id (prefix), or a card file. Repeatable.",
         ),
     ] = [],  # noqa: B006 (typer reads the default)

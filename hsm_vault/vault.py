@@ -155,7 +155,8 @@ def _check_output(src: Path | None, dst: Path | None, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def _input(src: Path | None) -> Iterator[BinaryIO]:
+def open_input(src: Path | None) -> Iterator[BinaryIO]:
+    """`src` opened unbuffered for reading, or stdin when None; a clear error if unreadable."""
     if src is None:
         # The unbuffered stream: a buffered one may read ahead of the header, and its lock
         # would be held by a reader thread still waiting on the pipe when the process exits.
@@ -226,7 +227,7 @@ def encrypt_file(
     only when complete.
     """
     _check_output(src, dst, force)
-    with _input(src) as source, _atomic_output(dst, _public_mode()) as out:
+    with open_input(src) as source, _atomic_output(dst, _public_mode()) as out:
         return encrypt(source, out, recipients, signer, progress=progress)
 
 
@@ -247,15 +248,35 @@ def decrypt_file(
     verified; a later failure raises after earlier chunks were written (docs/format.md).
     """
     _check_output(src, dst, force)
-    with _input(src) as source:
-        header = read_header(source)  # fail before creating any output file
-        with _atomic_output(dst, 0o600) as out:
-            return decrypt(source, out, identities, verifier, progress=progress, header=header)
+    with open_input(src) as source:
+        return decrypt_stream(source, dst, identities, verifier, force=force, progress=progress)
+
+
+def decrypt_stream(
+    source: BinaryIO,
+    dst: Path | None,
+    identities: Sequence[Identity],
+    verifier: Verifier | None = None,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> DecryptResult:
+    """Decrypt an open stream (a file, a pipe, a download) to `dst`, as `decrypt_file` does."""
+    _check_output(None, dst, force)
+    header = read_header(source)  # fail before creating any output file
+    with _atomic_output(dst, 0o600) as out:
+        return decrypt(source, out, identities, verifier, progress=progress, header=header)
+
+
+def recipient_key_ids(path: Path) -> set[bytes]:
+    """The key ids a file is encrypted to, from its header (no token, no decryption)."""
+    with open_input(path) as source:
+        return {entry.key_id for entry in read_header(source).recipients}
 
 
 def inspect_file(path: Path) -> tuple[Header, int]:
     """The header of an hsm-vault file and its plaintext size (from the file size)."""
-    with _input(path) as source:
+    with open_input(path) as source:
         header = read_header(source)
         total = os.fstat(source.fileno()).st_size
     payload = total - len(header.raw) - header.trailer_length()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -142,3 +143,102 @@ def test_not_logged_in(tmp_path: Path) -> None:
     result = invoke("store", "list")
     assert result.exit_code != 0
     assert "hsm-vault login" in result.output
+
+
+# --- the whole flow through the CLI: fetch a card, encrypt --upload, decrypt --from-store ----
+
+
+def login_pinned(server: BlobServer, user: str) -> None:
+    """As `hsm-vault login` leaves it: API token, and the application key pinned."""
+    from hsm_vault.algorithms import spki_fingerprint
+    from hsm_vault.client import VaultClient
+
+    with VaultClient(server.url) as client:
+        app = client.app_key()
+    Config(
+        server_url=server.url,
+        api_token=server.tokens[user],
+        username=user,
+        app_fingerprint=spki_fingerprint(app.spki_der),
+        app_key_spki=base64.b64encode(app.spki_der).decode(),
+    ).save()
+
+
+def publish_card(server: BlobServer, user: str, token: str, key_label: str) -> str:
+    """`card create` + `card publish` as `user` (the test server approves at once)."""
+    login_pinned(server, user)
+    made = invoke("card", "create", user, "--key", key_label, "--token", token, "--json")
+    assert made.exit_code == 0, made.output
+    card_id = json.loads(made.stdout)["id"]
+    published = invoke("card", "publish", card_id)
+    assert published.exit_code == 0, published.output
+    return card_id
+
+
+def test_encrypt_upload_then_decrypt_from_store(
+    server: BlobServer, token_keys: dict, tmp_path: Path, vault_home: Path, monkeypatch: Any
+) -> None:
+    homes = {name: tmp_path / f"home-{name}" for name in ("alice", "bob")}
+    for home in homes.values():
+        home.mkdir()
+    monkeypatch.setenv("HSM_VAULT_HOME", str(homes["bob"]))
+    publish_card(server, "bob", "bob", "bob-rsa3072")
+
+    # alice has never seen bob's card: encrypt fetches and verifies it from the server,
+    # then streams the ciphertext into the blob store (no local .hsmv is written).
+    monkeypatch.setenv("HSM_VAULT_HOME", str(homes["alice"]))
+    login_pinned(server, "alice")
+    plain = tmp_path / "minutes.txt"
+    plain.write_bytes(os.urandom(2 * MiB + 5))
+    result = invoke("encrypt", "--to", "bob", "--upload", str(plain))
+    assert result.exit_code == 0, result.output
+    assert "blob alice/minutes.txt.hsmv" in result.output
+    assert not (tmp_path / "minutes.txt.hsmv").exists()
+    listed = json.loads(invoke("card", "list", "--json").stdout)
+    assert [c["identity"] for c in listed["cards"]] == ["bob"]
+
+    # bob decrypts while downloading; the token is found from his own card in the keyring.
+    monkeypatch.setenv("HSM_VAULT_HOME", str(homes["bob"]))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bob-minutes.txt"
+    result = invoke("decrypt", "--from-store", "alice/minutes.txt.hsmv", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == plain.read_bytes()
+
+    # a failed decrypt from the store leaves nothing behind and keeps an existing file.
+    out.write_bytes(b"keep me")
+    result = invoke(
+        "decrypt",
+        "--from-store",
+        "alice/minutes.txt.hsmv",
+        "-o",
+        str(out),
+        "--force",
+        "--key",
+        "bob-p256",
+        "--token",
+        "bob",
+    )
+    assert result.exit_code == 1
+    assert "none of your keys is a recipient" in result.output
+    assert out.read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    monkeypatch.setenv("HSM_VAULT_HOME", str(homes["alice"]))
+    assert invoke("store", "rm", "minutes.txt.hsmv").exit_code == 0
+
+
+def test_decrypt_finds_the_token_from_the_keyring(
+    softhsm: Any, token_keys: dict, tmp_path: Path
+) -> None:
+    # Four tokens on this machine: without --token, decrypt uses the one holding the key of
+    # the user's own card that the file is for.
+    made = invoke("card", "create", "alice@example.org", "--key", "alice-p384", "-t", "alice")
+    assert made.exit_code == 0, made.output
+    plain = tmp_path / "note.txt"
+    plain.write_text("for alice\n")
+    assert invoke("encrypt", "--to", "alice@example.org", str(plain)).exit_code == 0
+    plain.unlink()
+    result = invoke("decrypt", str(tmp_path / "note.txt.hsmv"))
+    assert result.exit_code == 0, result.output
+    assert plain.read_text() == "for alice\n"

@@ -73,13 +73,31 @@ def _card_from_ref(ref: str, keyring: Keyring) -> Card:
     return keyring.resolve(ref).card
 
 
+def _card_or_fetch(ref: str, keyring: Keyring) -> Card:
+    """A card from `_card_from_ref`; an identity the keyring lacks is fetched from the server
+    this client is logged in to (verified against the pinned application key, then kept)."""
+    try:
+        return _card_from_ref(ref, keyring)
+    except CardNotFound:
+        from hsm_vault.config import Config
+
+        config = Config.load()
+        if not (config.server_url and config.api_token):
+            raise
+        from hsm_vault.client import fetch_identity
+
+        err_console.print(f"{ref!r} is not in the keyring: asking {config.server_url}")
+        fetch_identity(ref, keyring)
+        return _card_from_ref(ref, keyring)
+
+
 def resolve_recipients(refs: list[str]) -> list[Recipient]:
     """--to values (identity, card id or card file) -> envelope recipients."""
     from hsm_vault.cards import Keyring
     from hsm_vault.vault import recipient_for
 
     keyring = Keyring()
-    return [recipient_for(_card_from_ref(ref, keyring)) for ref in refs]
+    return [recipient_for(_card_or_fetch(ref, keyring)) for ref in refs]
 
 
 def resolve_verifier(ref: str) -> Verifier:
@@ -221,6 +239,14 @@ def encrypt(
             show_default=False,
         ),
     ] = None,
+    upload: Annotated[
+        bool,
+        typer.Option(
+            "--upload",
+            help="Send the ciphertext straight to the server's blob store instead of a local "
+            "file (streamed; nothing is written here). The blob is named after -o, or FILE.hsmv.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     module: ModuleOpt = None,
     token: TokenOpt = None,
@@ -228,7 +254,8 @@ def encrypt(
 ) -> None:
     """Encrypt FILE (or stdin) to one or more cards; FILE becomes FILE.hsmv.
 
-    Encrypting needs only the recipients' public keys: no token, unless --sign-with.
+    Encrypting needs only the recipients' public keys: no token, unless --sign-with. An
+    identity that is not in the keyring is fetched from the server you are logged in to.
     """
     from hsm_vault.vault import default_encrypt_output, encrypt_file
 
@@ -236,12 +263,24 @@ def encrypt(
         raise UsageError("name at least one recipient with --to", hint="e.g. --to alice")
     recipients = resolve_recipients(to)
     plan = _plan(_inputs(files), output, out_dir, default_encrypt_output)
-    for _, dst in plan:
-        _refuse_terminal(dst)
+    if upload:
+        plan = [(src, _blob_name(src, dst)) for src, dst in plan]
+    else:
+        for _, dst in plan:
+            _refuse_terminal(dst)
 
     def run(signer: Any) -> None:
         def one(src: Path | None, dst: Path | None) -> None:
             with _progress("encrypting", _size(src), quiet) as progress:
+                if upload:
+                    assert dst is not None
+                    meta = _encrypt_upload(src, dst.name, recipients, signer, force, progress)
+                    if not quiet:
+                        err_console.print(
+                            f"encrypted {src or '<stdin>'} -> blob {meta.owner}/{meta.name} "
+                            f"({meta.size} bytes)"
+                        )
+                    return
                 encrypt_file(src, dst, recipients, signer, force=force, progress=progress)
             if dst is not None and not quiet and err_console.is_terminal:
                 err_console.print(f"encrypted {src or '<stdin>'} -> {dst}")
@@ -256,6 +295,35 @@ def encrypt(
     with token_session(module, token or _token_of(sign_with), pin_file) as session:
         key = session.find_key(sign_with)
         run(TokenSigner(session, key, _own_card_for(key.spki_der)))
+
+
+def _blob_name(src: Path | None, dst: Path | None) -> Path:
+    if dst is None:
+        raise UsageError("name the blob with -o NAME when encrypting stdin with --upload")
+    return dst
+
+
+def _encrypt_upload(
+    src: Path | None,
+    name: str,
+    recipients: list[Recipient],
+    signer: Any,
+    replace: bool,
+    progress: Any,
+) -> Any:
+    """Encrypt straight into an upload: the ciphertext never touches the local disk."""
+    from hsm_vault.client import client_from_config
+    from hsm_vault.client_blobs import upload_from_writer
+    from hsm_vault.vault import encrypt, open_input
+
+    with client_from_config() as client, open_input(src) as source:
+        _, meta = upload_from_writer(
+            client,
+            name,
+            lambda out: encrypt(source, out, recipients, signer, progress=progress),
+            replace=replace,
+        )
+    return meta
 
 
 def _token_of(ref: str | None) -> str | None:
@@ -285,6 +353,16 @@ def decrypt(
             show_default=False,
         ),
     ] = None,
+    from_store: Annotated[
+        str | None,
+        typer.Option(
+            "--from-store",
+            metavar="[OWNER/]NAME",
+            help="Decrypt a blob from the server's blob store as it downloads (no local "
+            "ciphertext). Output: -o, or NAME without .hsmv.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     module: ModuleOpt = None,
     token: TokenOpt = None,
@@ -292,23 +370,38 @@ def decrypt(
 ) -> None:
     """Decrypt FILE.hsmv (or stdin) with a key on the token; one login for every file.
 
-    Output to a file appears only once everything verified. With -o - (stdout), each chunk
-    is written as soon as it verified, and a later failure exits non-zero.
+    Without --token, the token is the one holding your own card's key for the file (from the
+    keyring), else the only token there is. Output to a file appears only once everything
+    verified. With -o - (stdout), each chunk is written as soon as it verified, and a later
+    failure exits non-zero.
     """
     from hsm_vault.vault import decrypt_file, default_decrypt_output, token_identities
 
     verifier = resolve_verifier(verify_from) if verify_from else None
-    plan = _plan(_inputs(files), output, out_dir, default_decrypt_output)
+    if from_store is not None:
+        if files or out_dir is not None:
+            raise UsageError("--from-store decrypts one blob: give no FILE and no --out-dir")
+        plan: list[tuple[Path | None, Path | None]] = [(None, _store_output(from_store, output))]
+    else:
+        plan = _plan(_inputs(files), output, out_dir, default_decrypt_output)
     for _, dst in plan:
         _refuse_terminal(dst)
-    with token_session(module, token or _token_of(key), pin_file) as session:
+    chosen = token or _token_of(key)
+    if chosen is None:
+        chosen = _own_token_for(_recipients_of(from_store, [src for src, _ in plan if src]))
+    with token_session(module, chosen, pin_file) as session:
         identities = token_identities(session, key)
 
         def one(src: Path | None, dst: Path | None) -> None:
             with _progress("decrypting", _size(src), quiet) as progress:
-                result = decrypt_file(
-                    src, dst, identities, verifier, force=force, progress=progress
-                )
+                if from_store is not None:
+                    result = _decrypt_download(
+                        from_store, dst, identities, verifier, force, progress
+                    )
+                else:
+                    result = decrypt_file(
+                        src, dst, identities, verifier, force=force, progress=progress
+                    )
             if result.signer is not None:
                 err_console.print(
                     f"verified: {src or '<stdin>'} was signed by {result.signer.name} "
@@ -318,6 +411,69 @@ def decrypt(
                 err_console.print(f"decrypted {src} -> {dst}")
 
         _run_batch(plan, one)
+
+
+def _store_output(name: str, output: str | None) -> Path | None:
+    from hsm_vault.vault import SUFFIX
+
+    if output is not None:
+        return None if output == "-" else Path(output)
+    base = name.rsplit("/", 1)[-1]
+    if not base.endswith(SUFFIX) or base == SUFFIX:
+        raise UsageError(
+            f"{name} does not end in {SUFFIX}: say where the plaintext goes", hint="Pass -o OUT."
+        )
+    return Path(base[: -len(SUFFIX)])
+
+
+def _decrypt_download(
+    name: str, dst: Path | None, identities: Any, verifier: Any, force: bool, progress: Any
+) -> Any:
+    """Decrypt a blob as it streams in; the download's SHA-256 is checked at its end too."""
+    from hsm_vault.client import client_from_config
+    from hsm_vault.client_blobs import open_blob_reader
+    from hsm_vault.vault import decrypt_stream
+
+    with client_from_config() as client, open_blob_reader(client, name) as source:
+        return decrypt_stream(source, dst, identities, verifier, force=force, progress=progress)
+
+
+def _recipients_of(from_store: str | None, sources: list[Path]) -> set[bytes]:
+    """The key ids the inputs are encrypted to, read from their headers (or the blob's
+    metadata); an empty set when that fails (the decrypt itself then says what is wrong)."""
+    from hsm_vault.vault import recipient_key_ids
+
+    wanted: set[bytes] = set()
+    try:
+        if from_store is not None:
+            from hsm_vault.client import client_from_config
+            from hsm_vault.client_blobs import blob_meta
+
+            with client_from_config() as client:
+                return {bytes.fromhex(k) for k in blob_meta(client, from_store).recipients}
+        for src in sources:
+            wanted |= recipient_key_ids(src)
+    except (HsmVaultError, ValueError):
+        return set()
+    return wanted
+
+
+def _own_token_for(wanted: set[bytes]) -> str | None:
+    """The token holding the key of one of your own cards among `wanted` key ids.
+
+    Only a hint for machines with several tokens: None (let the token layer choose, or ask)
+    unless exactly one token fits. Needs no PIN: the keyring knows where its own keys are.
+    """
+    from hsm_vault.cards import Keyring
+    from hsm_vault.token.uri import parse_uri
+
+    tokens = set()
+    for entry in Keyring().entries():
+        if entry.origin == "own" and entry.key_uri and entry.card.key_id in wanted:
+            uri = parse_uri(entry.key_uri)
+            if uri.token:
+                tokens.add(uri.token)
+    return tokens.pop() if len(tokens) == 1 else None
 
 
 def inspect(

@@ -128,12 +128,17 @@ as alice store list
 
 step "bob downloads it and decrypts it on his token"
 as bob store get alice/report.txt.hsmv -o "$DEMO/bob-report.txt.hsmv"
-as bob decrypt --token bob -o "$DEMO/bob-report.txt" "$DEMO/bob-report.txt.hsmv"
+as bob decrypt -o "$DEMO/bob-report.txt" "$DEMO/bob-report.txt.hsmv"   # token found from bob's card
 cat "$DEMO/bob-report.txt"
 
 step "alice decrypts her copy on her token"
 as alice decrypt --token alice -o "$DEMO/alice-report.txt" "$DEMO/report.txt.hsmv"
 cmp "$DEMO/report.txt" "$DEMO/alice-report.txt" && echo "alice's plaintext matches the original"
+
+step "The same without a local ciphertext: encrypt straight into the store, decrypt as it downloads"
+as alice encrypt --to alice --to bob --upload -o minutes.txt.hsmv "$DEMO/report.txt"
+as bob decrypt --from-store alice/minutes.txt.hsmv -o "$DEMO/bob-minutes.txt"
+cmp "$DEMO/report.txt" "$DEMO/bob-minutes.txt" && echo "bob's plaintext matches the original"
 
 step "carol is not a recipient: the server will not give her the blob, her token cannot open it"
 refused carol store get alice/report.txt.hsmv -o "$DEMO/carol.hsmv"

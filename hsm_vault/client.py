@@ -197,7 +197,8 @@ def verify_entry(
 # --- the client ----------------------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for 'localhost' and loopback addresses (where plain HTTP is acceptable)."""
     if host == "localhost":
         return True
     try:
@@ -213,7 +214,7 @@ def normalise_server_url(url: str) -> str:
         raise UsageError(f"{url!r} is not an http(s) URL", hint="Use e.g. https://vault.example")
     if (
         parts.scheme == "http"
-        and not _is_loopback(parts.hostname)
+        and not is_loopback(parts.hostname)
         and os.environ.get(ALLOW_HTTP_ENV) != "1"
     ):
         raise UsageError(

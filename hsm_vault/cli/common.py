@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -60,6 +60,39 @@ def report_error(exc: HsmVaultError) -> int:
 def print_json(obj: Any) -> None:
     """JSON on stdout, one document, for scripts (no colour, no wrapping)."""
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+PROGRESS_THRESHOLD = 4 << 20
+
+
+@contextmanager
+def progress_bar(
+    description: str, total: int | None, *, quiet: bool = False
+) -> Iterator[Callable[[int], None] | None]:
+    """A callback taking byte counts that draws a progress bar on a terminal (stderr) for
+    large or unknown-size work; None (draw nothing) when quiet, small, or not a terminal."""
+    if quiet or not err_console.is_terminal or (total is not None and total < PROGRESS_THRESHOLD):
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 @contextmanager

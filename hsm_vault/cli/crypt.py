@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,6 +21,7 @@ from hsm_vault.cli.common import (
     TokenOpt,
     err_console,
     print_json,
+    progress_bar,
     token_session,
 )
 from hsm_vault.errors import CardNotFound, HsmVaultError, UsageError
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from hsm_vault.cards import Card, Keyring
     from hsm_vault.envelope import Recipient, Verifier
 
-PROGRESS_THRESHOLD = 16 << 20
 
 FilesArg = Annotated[
     list[str] | None,
@@ -125,31 +125,6 @@ def _own_card_for(spki_der: bytes) -> Card:
         )
     best = max(found, key=lambda e: (e.origin == "own", e.card.created_at))
     return best.card
-
-
-@contextlib.contextmanager
-def _progress(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar on a terminal for large inputs; nothing otherwise."""
-    if quiet or total is None or total < PROGRESS_THRESHOLD or not err_console.is_terminal:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TransferSpeedColumn,
-    )
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def _size(path: Path | None) -> int | None:
@@ -271,7 +246,7 @@ def encrypt(
 
     def run(signer: Any) -> None:
         def one(src: Path | None, dst: Path | None) -> None:
-            with _progress("encrypting", _size(src), quiet) as progress:
+            with progress_bar("encrypting", _size(src), quiet=quiet) as progress:
                 if upload:
                     assert dst is not None
                     meta = _encrypt_upload(src, dst.name, recipients, signer, force, progress)
@@ -393,7 +368,7 @@ def decrypt(
         identities = token_identities(session, key)
 
         def one(src: Path | None, dst: Path | None) -> None:
-            with _progress("decrypting", _size(src), quiet) as progress:
+            with progress_bar("decrypting", _size(src), quiet=quiet) as progress:
                 if from_store is not None:
                     result = _decrypt_download(
                         from_store, dst, identities, verifier, force, progress

@@ -6,7 +6,6 @@ its operator); users and officers work through the API with `login`, `card ...`,
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -205,15 +204,6 @@ def init(
     console.print("Give this fingerprint to users out of band: 'hsm-vault login' shows it.")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @server_app.command("run")
 def run(
     data: DataOpt = None,
@@ -240,7 +230,9 @@ def run(
 
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("give both --tls-cert and --tls-key, or neither")
-    if tls_cert is None and not _is_loopback(host):
+    from hsm_vault.client import is_loopback
+
+    if tls_cert is None and not is_loopback(host):
         err_console.print(
             f"warning: serving plain HTTP on {host}: API tokens cross the network in clear; "
             "use --tls-cert/--tls-key or a TLS-terminating proxy."

@@ -12,18 +12,15 @@ neither holds a whole file in memory; a progress bar shows on a terminal for lar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from hsm_vault.cli.common import JsonOpt, console, err_console, print_json
+from hsm_vault.cli.common import JsonOpt, console, err_console, print_json, progress_bar
 from hsm_vault.errors import UsageError
 
 #: Transfers at least this large get a progress bar (on a terminal).
-PROGRESS_THRESHOLD = 4 * 1024 * 1024
 
 store_app = typer.Typer(
     name="store",
@@ -37,33 +34,6 @@ def _client() -> Any:
     from hsm_vault.client import client_from_config
 
     return client_from_config()
-
-
-@contextmanager
-def transfer_progress(description: str, total: int | None) -> Iterator[Any]:
-    """A callback taking byte counts, drawing a progress bar for large transfers on a terminal."""
-    if (total is not None and total < PROGRESS_THRESHOLD) or not err_console.is_terminal:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
 
 
 def _human(size: int) -> str:
@@ -100,7 +70,7 @@ def put(
             )
     client = _client()
     size = file.stat().st_size
-    with transfer_progress(f"upload {file.name}", size) as progress:
+    with progress_bar(f"upload {file.name}", size) as progress:
         meta = upload_file(client, file, name, replace=replace, progress=progress)
     if json_out:
         print_json(meta.to_json())
@@ -132,7 +102,7 @@ def get(
         raise FileExistsRefused(f"{target} exists already")
     client = _client()
     meta = blob_meta(client, name)
-    with transfer_progress(f"download {bare}", meta.size) as progress:
+    with progress_bar(f"download {bare}", meta.size) as progress:
         written = download_file(client, name, target, force=force, progress=progress)
     err_console.print(f"wrote {target} ({_human(written)})")
 

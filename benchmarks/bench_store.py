@@ -6,7 +6,7 @@ Sets up everything itself in a temporary folder: a SoftHSM token for the server'
 key, `hsm-vault server init` / `server run` on 127.0.0.1, accounts, and for `s3` a local
 `moto_server`. Then, for each backend, it moves one blob of random bytes:
 
-- upload and download with hsm-vault's client (`hsm_vault.client_blobs`, as `store put/get`),
+- upload and download with hsm-vault's client (`hsm_vault.client.blobs`, as `store put/get`),
 - upload and download with `curl -T` / `curl -o` to the same server process,
 
 and prints MB/s (10^6 bytes per second) and the server's peak memory growth for each.
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from s3_server import S3_ENV, run_moto_server  # noqa: E402
 from store_harness import BlobServer, start_blob_server  # noqa: E402
 
-from hsm_vault.client_blobs import delete_blob, download_file, upload_file  # noqa: E402
+from hsm_vault.client.blobs import delete_blob, download_file, upload_file  # noqa: E402
 
 MiB = 1024 * 1024
 PIN = "bench-store-pin"

@@ -17,7 +17,7 @@ from store_harness import HSM_VAULT, BlobServer, start_blob_server
 from typer.testing import CliRunner
 
 from hsm_vault.cli.main import app
-from hsm_vault.client_blobs import upload_stream
+from hsm_vault.client.blobs import upload_stream
 from hsm_vault.config import Config
 from hsm_vault.envelope.format import MAGIC
 

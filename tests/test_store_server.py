@@ -20,7 +20,7 @@ import requests
 from s3_server import S3_ENV, S3Endpoint, s3_endpoint  # noqa: F401 - fixture
 from store_harness import BlobServer, start_blob_server
 
-from hsm_vault.client_blobs import (
+from hsm_vault.client.blobs import (
     blob_meta,
     delete_blob,
     download_file,

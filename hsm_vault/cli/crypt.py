@@ -288,7 +288,7 @@ def _encrypt_upload(
 ) -> Any:
     """Encrypt straight into an upload: the ciphertext never touches the local disk."""
     from hsm_vault.client import client_from_config
-    from hsm_vault.client_blobs import upload_from_writer
+    from hsm_vault.client.blobs import upload_from_writer
     from hsm_vault.vault import encrypt, open_input
 
     with client_from_config() as client, open_input(src) as source:
@@ -406,7 +406,7 @@ def _decrypt_download(
 ) -> Any:
     """Decrypt a blob as it streams in; the download's SHA-256 is checked at its end too."""
     from hsm_vault.client import client_from_config
-    from hsm_vault.client_blobs import open_blob_reader
+    from hsm_vault.client.blobs import open_blob_reader
     from hsm_vault.vault import decrypt_stream
 
     with client_from_config() as client, open_blob_reader(client, name) as source:
@@ -422,7 +422,7 @@ def _recipients_of(from_store: str | None, sources: list[Path]) -> set[bytes]:
     try:
         if from_store is not None:
             from hsm_vault.client import client_from_config
-            from hsm_vault.client_blobs import blob_meta
+            from hsm_vault.client.blobs import blob_meta
 
             with client_from_config() as client:
                 return {bytes.fromhex(k) for k in blob_meta(client, from_store).recipients}

@@ -57,7 +57,7 @@ def put(
     json_out: JsonOpt = False,
 ) -> None:
     """Upload FILE to the blob store, streamed."""
-    from hsm_vault.client_blobs import upload_file
+    from hsm_vault.client.blobs import upload_file
     from hsm_vault.envelope.format import MAGIC
 
     if not file.is_file():
@@ -90,7 +90,7 @@ def get(
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Download a blob, streamed; OUT appears only once every byte has arrived and verified."""
-    from hsm_vault.client_blobs import blob_meta, download_file, split_blob_name
+    from hsm_vault.client.blobs import blob_meta, download_file, split_blob_name
 
     _, bare = split_blob_name(name)
     target = out if out is not None else Path(bare)
@@ -117,7 +117,7 @@ def list_(
     """List your blobs (name, size, created-at, recipients)."""
     from rich.table import Table
 
-    from hsm_vault.client_blobs import list_blobs
+    from hsm_vault.client.blobs import list_blobs
 
     blobs, used = list_blobs(_client(), shared=shared)
     if json_out:
@@ -148,7 +148,7 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a blob's metadata: size, SHA-256, created-at, owner, recipients' key ids."""
-    from hsm_vault.client_blobs import blob_meta
+    from hsm_vault.client.blobs import blob_meta
 
     meta = blob_meta(_client(), name)
     if json_out:
@@ -167,7 +167,7 @@ def info(
 @store_app.command("rm")
 def rm(name: Annotated[str, typer.Argument(help="One of your blobs.")]) -> None:
     """Delete one of your blobs (only the owner may)."""
-    from hsm_vault.client_blobs import delete_blob
+    from hsm_vault.client.blobs import delete_blob
 
     delete_blob(_client(), name)
     err_console.print(f"deleted {name}")

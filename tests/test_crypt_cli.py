@@ -337,3 +337,14 @@ def test_reader_closing_the_pipe_early(cards, work: Path) -> None:
             proc.wait()
         assert proc.returncode == 1, err
         assert b"pipe was closed" in err and b"Traceback" not in err and b"Fatal" not in err
+
+
+def test_a_missing_input_is_reported_before_any_pin_is_asked(
+    softhsm, work: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("HSM_VAULT_PIN")
+    result = cli("decrypt", "--token", "bob", str(work / "nothing.hsmv"))
+    assert result.exit_code == 2
+    assert "nothing.hsmv does not exist" in result.output
+    assert "PIN" not in result.output
+    assert list(work.iterdir()) == []

@@ -138,7 +138,12 @@ def _inputs(files: list[str] | None) -> list[Path | None]:
     items = files or ["-"]
     if "-" in items and len(items) > 1:
         raise UsageError("stdin ('-') cannot be part of a batch")
-    return [None if item == "-" else Path(item) for item in items]
+    paths = [None if item == "-" else Path(item) for item in items]
+    for path in paths:  # before any PIN prompt or output file
+        if path is not None and not path.is_file():
+            what = "does not exist" if not path.exists() else "is not a file"
+            raise UsageError(f"{path} {what}", hint="Check the path.")
+    return paths
 
 
 def _refuse_terminal(dst: Path | None) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 HSM_VAULT = str(Path(sys.executable).with_name("hsm-vault"))
+TAMPER_PROXY = Path(__file__).with_name("tamper_proxy.py")
 START_TIMEOUT = 30.0
 
 
@@ -260,3 +261,26 @@ def server_factory(softhsm: Any, tmp_path: Path) -> Iterator[Callable[..., Runni
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def proxy(vault_server: RunningServer) -> Iterator[Callable[[str], str]]:
+    """Start a tampering proxy (tests/tamper_proxy.py) in front of the session's server:
+    `proxy("swap-key")` -> its URL. Stopped at the end of the test."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(mode: str) -> str:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, str(TAMPER_PROXY), vault_server.url, str(port), mode],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        wait_for_port(port, process)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=10)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,34 +13,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from server_fixture import HSM_VAULT, RunningServer, free_port, unique, wait_for_port
+from server_fixture import HSM_VAULT, RunningServer, free_port, unique
 
 from hsm_vault.client import VaultClient
 from hsm_vault.errors import ConflictOnServer, ServerError, ServerUnreachable
-
-PROXY = Path(__file__).with_name("tamper_proxy.py")
-
-
-@pytest.fixture
-def proxy(vault_server: RunningServer) -> Iterator[Callable[[str], str]]:
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(mode: str) -> str:
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, str(PROXY), vault_server.url, str(port), mode],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        wait_for_port(port, process)
-        return url
-
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_safe_requests_are_retried_others_are_not(vault_server: RunningServer, proxy) -> None:

@@ -24,8 +24,6 @@ from hsm_vault.cards import (
     verify_card,
     verify_revocation,
 )
-from hsm_vault.cli import card as card_cli
-from hsm_vault.cli.card_server import register_card_commands
 from hsm_vault.cli.main import app
 from hsm_vault.client import VaultClient
 from hsm_vault.errors import (
@@ -36,7 +34,6 @@ from hsm_vault.errors import (
 )
 from hsm_vault.token import open_session
 
-register_card_commands(card_cli.card_app)  # idempotent; main.py wires it too
 runner = CliRunner()
 
 

@@ -3,50 +3,18 @@ against the pinned application key, and keep nothing from that answer."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import pytest
-from server_fixture import Account, RunningServer, free_port, unique, wait_for_port
+from server_fixture import Account, RunningServer, unique
 from typer.testing import CliRunner
 
 from hsm_vault.cards import create_card
-from hsm_vault.cli import card as card_cli
-from hsm_vault.cli.card_server import register_card_commands
 from hsm_vault.cli.main import app
 from hsm_vault.client import VaultClient
 from hsm_vault.config import Config
 from hsm_vault.errors import ServerTrustError
 from hsm_vault.token import open_session
 
-register_card_commands(card_cli.card_app)
 runner = CliRunner()
-PROXY = Path(__file__).with_name("tamper_proxy.py")
-
-
-@pytest.fixture
-def proxy(vault_server: RunningServer) -> Iterator[Callable[[str], str]]:
-    """Start a tampering proxy in front of the session's server: `proxy("swap-key")` -> URL."""
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(mode: str) -> str:
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, str(PROXY), vault_server.url, str(port), mode],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        wait_for_port(port, process)
-        return url
-
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -203,6 +203,8 @@ class TokenSession:
         self._pid = os.getpid()
         self.info = info
         self._oaep: dict[bytes, str] = {}
+        # Private key objects by CKA_ID: a batch unwraps with the same key many times.
+        self._handles: dict[bytes, Any] = {}
 
     def __repr__(self) -> str:
         return f"TokenSession(token={self.info.label!r})"
@@ -295,10 +297,12 @@ class TokenSession:
         return self._describe(matches[0])
 
     def _private(self, key: KeyInfo) -> Any:
-        matches = self._private_objects({Attribute.ID: key.key_id})
-        if len(matches) != 1:
-            raise KeyNotFound(f"key {key.label!r} is no longer on token {self.info.label!r}")
-        return matches[0]
+        if key.key_id not in self._handles:
+            matches = self._private_objects({Attribute.ID: key.key_id})
+            if len(matches) != 1:
+                raise KeyNotFound(f"key {key.label!r} is no longer on token {self.info.label!r}")
+            self._handles[key.key_id] = matches[0]
+        return self._handles[key.key_id]
 
     # --- managing keys --------------------------------------------------------------------
 
@@ -353,7 +357,7 @@ class TokenSession:
             raise UnsupportedMechanism(f"token cannot generate {key_type} keys") from exc
         except p11e.PKCS11Error as exc:
             raise TokenOperationFailed(f"key generation failed: {type(exc).__name__}") from exc
-        info = self.find_key(format_uri(PKCS11URI(id=key_id)))
+        info = self._describe(self._private_objects({Attribute.ID: key_id})[0])
         if not info.protected:
             self._destroy(info)
             raise KeyPolicyError(
@@ -364,6 +368,7 @@ class TokenSession:
         return info
 
     def _destroy(self, key: KeyInfo) -> None:
+        self._handles.pop(key.key_id, None)
         session = self._live()
         for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
             for obj in list(session.get_objects({Attribute.CLASS: cls, Attribute.ID: key.key_id})):

@@ -7,16 +7,43 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from rich.console import Console
 
 from hsm_vault.config import Config
 from hsm_vault.errors import HsmVaultError
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _LazyConsole:
+    """A rich Console made on first use.
+
+    Importing rich costs about 25 ms, which `encrypt` and `decrypt` do not spend unless they
+    have something to draw; the console writes to whatever sys.stdout/stderr is at the time.
+    """
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return getattr(self._console, name)
+
+
+console: Console = cast("Console", _LazyConsole(stderr=False))
+err_console: Console = cast("Console", _LazyConsole(stderr=True))
+
+
+def stderr_is_terminal() -> bool:
+    """True when stderr is a terminal (progress bars and chatter go there), without rich."""
+    return sys.stderr.isatty()
 
 ModuleOpt = Annotated[
     str | None,
@@ -71,7 +98,7 @@ def progress_bar(
 ) -> Iterator[Callable[[int], None] | None]:
     """A callback taking byte counts that draws a progress bar on a terminal (stderr) for
     large or unknown-size work; None (draw nothing) when quiet, small, or not a terminal."""
-    if quiet or not err_console.is_terminal or (total is not None and total < PROGRESS_THRESHOLD):
+    if quiet or not stderr_is_terminal() or (total is not None and total < PROGRESS_THRESHOLD):
         yield None
         return
     from rich.progress import (

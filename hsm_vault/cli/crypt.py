@@ -22,6 +22,7 @@ from hsm_vault.cli.common import (
     err_console,
     print_json,
     progress_bar,
+    stderr_is_terminal,
     token_session,
 )
 from hsm_vault.errors import CardNotFound, HsmVaultError, UsageError
@@ -262,7 +263,7 @@ def encrypt(
                         )
                     return
                 encrypt_file(src, dst, recipients, signer, force=force, progress=progress)
-            if dst is not None and not quiet and err_console.is_terminal:
+            if dst is not None and not quiet and stderr_is_terminal():
                 err_console.print(f"encrypted {src or '<stdin>'} -> {dst}")
 
         _run_batch(plan, one)
@@ -387,7 +388,7 @@ def decrypt(
                     f"verified: {src or '<stdin>'} was signed by {result.signer.name} "
                     f"(card {result.signer.card_id.hex()[:16]})"
                 )
-            elif dst is not None and not quiet and err_console.is_terminal:
+            elif dst is not None and not quiet and stderr_is_terminal():
                 err_console.print(f"decrypted {src} -> {dst}")
 
         _run_batch(plan, one)

@@ -348,3 +348,46 @@ def test_a_missing_input_is_reported_before_any_pin_is_asked(
     assert "nothing.hsmv does not exist" in result.output
     assert "PIN" not in result.output
     assert list(work.iterdir()) == []
+
+
+def run_on_terminal(*args: str) -> tuple[int, str]:
+    """Run hsm-vault with stdout and stderr on a pseudo-terminal; return its exit code and
+    everything it drew there."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    with subprocess.Popen(
+        [HSM_VAULT, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+        env={**os.environ, "COLUMNS": "100"},
+    ) as proc:
+        os.close(secondary)
+        drawn = bytearray()
+        while True:
+            try:
+                block = os.read(primary, 65536)
+            except OSError:  # EIO: the process closed its end
+                break
+            if not block:
+                break
+            drawn += block
+        os.close(primary)
+    return proc.returncode, drawn.decode(errors="replace")
+
+
+def test_progress_and_chatter_on_a_terminal(cards, work: Path) -> None:
+    """On a terminal a large file shows a progress bar and a one-line summary."""
+    src = work / "big"
+    src.write_bytes(os.urandom(24 * 1024 * 1024))
+    code, drawn = run_on_terminal("encrypt", "--to", cards["alice-p256"].id, str(src))
+    assert code == 0, drawn
+    assert "encrypting" in drawn and "MiB" in drawn  # the bar (rich erases it when done)
+    assert f"encrypted {src} -> {src}.hsmv" in " ".join(drawn.split())
+    code, drawn = run_on_terminal(
+        "decrypt", "--token", "alice", "-o", str(work / "back"), str(work / "big.hsmv")
+    )
+    assert code == 0, drawn
+    assert "decrypting" in drawn and "Traceback" not in drawn
+    assert (work / "back").read_bytes() == src.read_bytes()

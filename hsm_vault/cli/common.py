@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -18,23 +19,29 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-class _LazyConsole:
-    """A rich Console made on first use.
+@functools.cache
+def rich_console(*, stderr: bool) -> Console:
+    """The rich Console for stdout or stderr, made on first use.
 
     Importing rich costs about 25 ms, which `encrypt` and `decrypt` do not spend unless they
-    have something to draw; the console writes to whatever sys.stdout/stderr is at the time.
+    have something to draw. The console writes to whatever sys.stdout/stderr is at the time.
+    """
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+class _LazyConsole:
+    """Stands for `rich_console(...)` in `console.print(...)` calls without importing rich.
+
+    Only attribute access is forwarded: hand `rich_console(...)` itself to rich APIs.
     """
 
     def __init__(self, *, stderr: bool) -> None:
         self._stderr = stderr
-        self._console: Console | None = None
 
     def __getattr__(self, name: str) -> Any:
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
-        return getattr(self._console, name)
+        return getattr(rich_console(stderr=self._stderr), name)
 
 
 console: Console = cast("Console", _LazyConsole(stderr=False))
@@ -115,7 +122,7 @@ def progress_bar(
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=rich_console(stderr=True),
         transient=True,
     ) as bar:
         task = bar.add_task(description, total=total)

@@ -61,7 +61,7 @@ def test_version_loads_no_command_module(tmp_path: Path) -> None:
     assert not modules & {"rich", "cryptography", "asn1crypto", "pkcs11", "requests"}
 
 
-def test_encrypt_loads_only_what_it_uses(token_keys, tmp_path: Path) -> None:
+def test_encrypt_and_decrypt_load_only_what_they_use(token_keys, tmp_path: Path) -> None:
     with open_session("bob") as ts:
         key = ts.find_key("bob-p256")
         card = create_card(ts, key, "bob")
@@ -75,6 +75,13 @@ def test_encrypt_loads_only_what_it_uses(token_keys, tmp_path: Path) -> None:
     assert modules & COMMAND_PACKAGES == {"hsm_vault.cli.crypt"}
     # no token, no network, nothing drawn: no python-pkcs11, requests or rich
     assert not modules & ({"pkcs11", "requests", "rich"} | NEVER_ON_THE_CLIENT)
+
+    back = tmp_path / "back.txt"
+    modules = imported_by(tmp_path, "decrypt", "--token", "bob", "-o", str(back), str(dst))
+
+    assert back.read_bytes() == src.read_bytes()
+    assert modules & COMMAND_PACKAGES == {"hsm_vault.cli.crypt"}
+    assert "pkcs11" in modules and not modules & ({"requests", "rich"} | NEVER_ON_THE_CLIENT)
 
 
 def test_help_still_lists_every_command() -> None:

@@ -7,6 +7,7 @@ than `encrypt` itself spends on a small file.
 
 from __future__ import annotations
 
+import gc
 import importlib
 from typing import Any
 
@@ -97,4 +98,10 @@ def main(
 
 def run() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    finally:
+        # On the way out the interpreter's last garbage collection walks every object the
+        # imports made, about 18 ms of a 0.1 s command; freezing them skips that walk. What
+        # needs closing (token sessions, files) is closed by its `with` block before this.
+        gc.freeze()

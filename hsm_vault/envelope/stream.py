@@ -68,6 +68,34 @@ def write_all(dst: BinaryIO, data: memoryview) -> None:
         data = data[written:]
 
 
+def _seal_chunk(
+    aead: AESGCM, counter: int, last: bool, block: memoryview, out: memoryview
+) -> memoryview:
+    """Seal one chunk into `out`; return the sealed bytes (the chunk and its tag)."""
+    sealed = out[: len(block) + TAG_LENGTH]
+    aead.encrypt_into(nonce(counter, last), block, None, sealed)
+    return sealed
+
+
+def _open_chunk(
+    aead: AESGCM, counter: int, last: bool, sealed: memoryview, out: memoryview
+) -> memoryview:
+    """Check and open one sealed chunk into `out`; return its plaintext (rules P1-P4)."""
+    if len(sealed) < TAG_LENGTH:
+        raise PayloadError("the payload is truncated")
+    if last and len(sealed) == TAG_LENGTH and counter > 0:
+        raise PayloadError("the payload ends with an empty chunk")
+    plain = out[: len(sealed) - TAG_LENGTH]
+    try:
+        aead.decrypt_into(nonce(counter, last), sealed, None, plain)
+    except InvalidTag:
+        raise PayloadError(
+            f"payload chunk {counter} failed authentication"
+            + (" (truncated or extended?)" if last else "")
+        ) from None
+    return plain
+
+
 def seal(
     src: BinaryIO,
     dst: BinaryIO,
@@ -90,8 +118,7 @@ def seal(
     while True:
         last = filled <= chunk_size
         size = filled if last else chunk_size
-        sealed = outview[: size + TAG_LENGTH]
-        aead.encrypt_into(nonce(counter, last), inview[:size], None, sealed)
+        sealed = _seal_chunk(aead, counter, last, inview[:size], outview)
         if hasher is not None:
             hasher.update(sealed)
         write_all(dst, sealed)
@@ -134,22 +161,11 @@ def open_payload(
     filled = _fill(src, inview, 0)
     while True:
         last = filled < capacity
-        size = filled - trailer_length if last else sealed_size
-        if size < TAG_LENGTH:
-            raise PayloadError("the payload is truncated")
-        if last and size == TAG_LENGTH and counter > 0:
-            raise PayloadError("the payload ends with an empty chunk")
+        size = max(filled - trailer_length, 0) if last else sealed_size
         sealed = inview[:size]
+        plain = _open_chunk(aead, counter, last, sealed, outview)
         if hasher is not None:
             hasher.update(sealed)
-        plain = outview[: size - TAG_LENGTH]
-        try:
-            aead.decrypt_into(nonce(counter, last), sealed, None, plain)
-        except InvalidTag:
-            raise PayloadError(
-                f"payload chunk {counter} failed authentication"
-                + (" (truncated or extended?)" if last else "")
-            ) from None
         write_all(dst, plain)
         total += len(plain)
         if progress is not None:
@@ -323,8 +339,7 @@ def seal_overlapped(
     state = {"counter": 0, "total": 0}
 
     def step(block: memoryview, last: bool, out: memoryview) -> int:
-        sealed = out[: len(block) + TAG_LENGTH]
-        aead.encrypt_into(nonce(state["counter"], last), block, None, sealed)
+        sealed = _seal_chunk(aead, state["counter"], last, block, out)
         if hasher is not None:
             hasher.update(sealed)
         state["counter"] += 1
@@ -353,20 +368,9 @@ def open_payload_overlapped(
 
     def step(sealed: memoryview, last: bool, out: memoryview) -> int:
         counter = state["counter"]
-        if len(sealed) < TAG_LENGTH:
-            raise PayloadError("the payload is truncated")
-        if last and len(sealed) == TAG_LENGTH and counter > 0:
-            raise PayloadError("the payload ends with an empty chunk")
+        plain = _open_chunk(aead, counter, last, sealed, out)
         if hasher is not None:
             hasher.update(sealed)
-        plain = out[: len(sealed) - TAG_LENGTH]
-        try:
-            aead.decrypt_into(nonce(counter, last), sealed, None, plain)
-        except InvalidTag:
-            raise PayloadError(
-                f"payload chunk {counter} failed authentication"
-                + (" (truncated or extended?)" if last else "")
-            ) from None
         state["counter"] = counter + 1
         state["total"] += len(plain)
         if progress is not None:

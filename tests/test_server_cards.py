@@ -49,9 +49,20 @@ def new_key(token: str, key_type: KeyType = KeyType.EC_P256) -> str:
     return label
 
 
-def make_card(token: str, identity: str, label: str | None = None, **kw) -> tuple[Card, str]:
+def make_card(
+    token: str,
+    identity: str,
+    label: str | None = None,
+    *,
+    rotate_from: tuple[Card, str] | None = None,
+    **kw,
+) -> tuple[Card, str]:
+    """A card for a new (or the given) key; `rotate_from` = (old card, its key label)."""
     label = label or new_key(token)
     with open_session(token) as ts:
+        if rotate_from is not None:
+            old, old_label = rotate_from
+            kw["previous"] = (old, ts.find_key(old_label))
         return create_card(ts, ts.find_key(label), identity, **kw), label
 
 
@@ -328,11 +339,7 @@ def test_rotation_must_be_signed_by_the_previous_key_and_owned(
             client.publish_card(wrong_prev)
         assert client.publish_card(newer).status == "pending"
     # Two rotations of one card: once the first is approved, the second cannot be.
-    fork_label = new_key("alice")
-    with open_session("alice") as ts:
-        fork = create_card(
-            ts, ts.find_key(fork_label), alice.name, previous=(old, ts.find_key(old_label))
-        )
+    fork, _ = make_card("alice", alice.name, rotate_from=(old, old_label))
     with alice.client() as client:
         client.publish_card(fork)
     with officer.client() as client:
@@ -413,11 +420,7 @@ def test_refresh_learns_revocations_and_replacements(
         client.approve_card(second.id)
     assert cli(bob, "card", "find", alice.name)[0] == 0
     # Alice rotates the first card and the officer revokes the second.
-    new_label = new_key("alice")
-    with open_session("alice") as ts:
-        rotated = create_card(
-            ts, ts.find_key(new_label), alice.name, previous=(first, ts.find_key(first_label))
-        )
+    rotated, _ = make_card("alice", alice.name, rotate_from=(first, first_label))
     with alice.client() as client:
         client.publish_card(rotated)
     with officer.client() as client:

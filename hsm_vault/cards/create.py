@@ -54,6 +54,8 @@ class SigningSession(Protocol):
 
     def oaep_hash(self, key: Any) -> str: ...
 
+    def check_can_decrypt(self, key: Any) -> None: ...
+
 
 def default_identity_type(identity: str) -> IdentityType:
     """email if the identity has an @, otherwise username."""
@@ -144,6 +146,9 @@ def create_card(
     `previous` is (old card, old card's key on a token of the same session).
     """
     check_key_protection(key)
+    scope = tuple(scope)
+    if Scope.ENCRYPT in {_enum(Scope, s, "scope") for s in scope}:
+        session.check_can_decrypt(key)  # a card others encrypt to must be decryptable
     info = session.info
     provenance = TokenProvenance(
         manufacturer=str(info.manufacturer).strip(),

@@ -52,6 +52,7 @@ def stderr_is_terminal() -> bool:
     """True when stderr is a terminal (progress bars and chatter go there), without rich."""
     return sys.stderr.isatty()
 
+
 ModuleOpt = Annotated[
     str | None,
     typer.Option(
@@ -129,6 +130,18 @@ def progress_bar(
         yield lambda n: bar.advance(task, n)
 
 
+def root_option(name: str, value: str | None) -> str | None:
+    """`value` if the command's own option was given, else the same option given before the
+    subcommand (`hsm-vault --module M token list`)."""
+    if value is not None:
+        return value
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj.get(name) if isinstance(obj, dict) else None
+
+
 @contextmanager
 def token_session(module: str | None, token: str | None, pin_file: Path | None) -> Iterator[Any]:
     """Open a logged-in session on the chosen token, with config-file defaults."""
@@ -136,11 +149,12 @@ def token_session(module: str | None, token: str | None, pin_file: Path | None) 
 
     config = Config.load()
     with open_session(
-        token,
-        module=module,
+        root_option("token", token),
+        module=root_option("module", module),
         pin=PinSource(pin_file=pin_file),
         configured_module=config.module,
         configured_token=config.token,
+        allow_unreported_local=config.allow_unreported_local,
     ) as session:
         yield session
 

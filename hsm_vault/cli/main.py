@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "whoami": "account",
     "server": "server",
     "store": "store",
+    "config": "config",
 }
 
 
@@ -89,11 +90,26 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    module: str | None = typer.Option(
+        None,
+        "--module",
+        help="PKCS#11 module for every token command (the same as each command's --module).",
+        show_default=False,
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        "-t",
+        help="Token for every token command (the same as each command's --token).",
+        show_default=False,
+    ),
 ) -> None:
     """hsm-vault: keys on the token, files encrypted to signed cards."""
+    ctx.obj = {"module": module, "token": token}
 
 
 def run() -> None:

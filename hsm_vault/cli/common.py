@@ -159,12 +159,13 @@ def token_session(module: str | None, token: str | None, pin_file: Path | None) 
         yield session
 
 
-def split_token_from_key(key: str, token: str | None) -> str | None:
-    """A key URI may name its token (pkcs11:token=alice;object=k); use it if --token is not set."""
-    if token is None and key.lower().startswith("pkcs11:"):
+def split_token_from_key(key: str | None, token: str | None) -> str | None:
+    """The token to open for `key`: --token if given, else the token a key URI names
+    (pkcs11:token=alice;object=k, or serial=, manufacturer=, model=), else None."""
+    if token is None and key is not None and key.lower().startswith("pkcs11:"):
         from hsm_vault.token.uri import parse_uri
 
         uri = parse_uri(key)
-        if uri.token or uri.serial:
+        if uri.token or uri.serial or uri.manufacturer or uri.model:
             return key
     return token

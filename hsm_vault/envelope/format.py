@@ -131,7 +131,7 @@ class SignerReference:
             raise HeaderError("signature length does not fit the signature algorithm")
 
     @staticmethod
-    def length_for(algorithm: SignatureAlgorithm, key_type: KeyType) -> int:
+    def length_for(key_type: KeyType) -> int:
         """The trailer length for a signer key of `key_type`."""
         if key_type.is_ec:
             return 2 * ((key_type.bits + 7) // 8)

@@ -152,9 +152,18 @@ def key_type_of(public_key: PublicKey) -> KeyType:
         raise CardFormatError(f"unsupported RSA key size {public_key.key_size}") from None
 
 
+# RSA-OAEP hashes a card may state and an envelope entry may use (MGF1 of the same hash).
+OAEP_HASHES = ("sha1", "sha256")
+
+
+def key_id_of(spki_der: bytes) -> bytes:
+    """A public key's id everywhere in hsm-vault: SHA-256 of its DER SubjectPublicKeyInfo."""
+    return hashlib.sha256(spki_der).digest()
+
+
 def spki_fingerprint(spki_der: bytes) -> str:
-    """SHA-256 of the DER SubjectPublicKeyInfo, lower-case hex (as `openssl pkey -pubin` gives)."""
-    return hashlib.sha256(spki_der).hexdigest()
+    """`key_id_of` in lower-case hex (as `openssl pkey -pubin -outform DER | sha256sum` gives)."""
+    return key_id_of(spki_der).hex()
 
 
 def verify_signature(

@@ -18,8 +18,10 @@ from types import MappingProxyType
 from typing import Any
 
 from hsm_vault.algorithms import (
+    OAEP_HASHES,
     KeyType,
     SignatureAlgorithm,
+    key_id_of,
     key_type_of,
     load_spki,
     spki_fingerprint,
@@ -79,9 +81,6 @@ class RevocationReason(StrEnum):
     UNSPECIFIED = "unspecified"
     KEY_COMPROMISE = "key-compromise"
     SUPERSEDED = "superseded"
-
-
-OAEP_HASHES = ("sha1", "sha256")
 
 
 # --- small field checks --------------------------------------------------------------------------
@@ -175,11 +174,6 @@ def _load_public_key(spki_der: bytes) -> Any:
         return load_spki(spki_der)
     except UnsupportedAlgorithm:
         raise CardFormatError("the public key is of an unknown algorithm") from None
-
-
-def key_id_of(spki_der: bytes) -> bytes:
-    """The key id hsm-vault uses everywhere: SHA-256 of the DER SubjectPublicKeyInfo."""
-    return hashlib.sha256(spki_der).digest()
 
 
 def short_form(hex_digest: str, groups: int = 6) -> str:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
-        format="virtual-yubikey: %(message)s",
+        format="virtual-yubikey %(relativeCreated)d: %(message)s",
     )
     algo = {"3des": device_state.MGM_3DES, "aes192": device_state.MGM_AES192}
     st = device_state.load_or_create(

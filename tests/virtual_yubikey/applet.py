@@ -12,8 +12,10 @@ from __future__ import annotations
 import datetime
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -625,7 +627,7 @@ class PivApplet:
         self.save()
         return b""
 
-    HANDLERS = {
+    HANDLERS: ClassVar[dict[int, Callable[[PivApplet, Apdu], bytes]]] = {
         0xA4: select,
         0xFD: get_version,
         0xF8: get_serial,

@@ -26,6 +26,9 @@ CTRL_OFF, CTRL_ON, CTRL_RESET, CTRL_ATR = 0, 1, 2, 4
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     buf = bytearray()
     while len(buf) < n:
+        # vpcd writes the length and the payload in two send()s: without an immediate ACK,
+        # Nagle's algorithm on its side holds the payload for our delayed ACK (40 ms per APDU)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         chunk = sock.recv(n - len(buf))
         if not chunk:
             return None
@@ -52,6 +55,7 @@ def connect(host: str, port: int, timeout: float) -> socket.socket:
 def serve(applet: PivApplet, sock: socket.socket) -> None:
     """Answer vpcd until it closes the connection."""
     sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     while True:
         header = _recv_exact(sock, 2)
         if header is None:

@@ -525,9 +525,7 @@ class PivApplet:
             which = "pin" if apdu.p2 == 0x80 else "puk"
             default = pad_pin(DEFAULT_PIN if which == "pin" else DEFAULT_PUK)
             is_default = bytes.fromhex(getattr(st, which)) == default
-            retries = bytes(
-                [getattr(st, f"{which}_retries_max"), getattr(st, f"{which}_retries")]
-            )
+            retries = bytes([getattr(st, f"{which}_retries_max"), getattr(st, f"{which}_retries")])
             return (
                 tlv.tlv(0x01, b"\xff")
                 + tlv.tlv(0x05, b"\x01" if is_default else b"\x00")
@@ -645,4 +643,3 @@ class PivApplet:
         0xCB: get_data,
         0xDB: put_data,
     }
-

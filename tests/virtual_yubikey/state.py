@@ -143,8 +143,9 @@ class DeviceState:
         The slot-f9 attestation key and certificate survive, as on a real device."""
         f9_key = self.key(ATTESTATION_SLOT)
         f9_cert = self.get_object(OBJECT_OF_SLOT[ATTESTATION_SLOT])
-        fresh = DeviceState(serial=self.serial, firmware=self.firmware,
-                            form_factor=self.form_factor)
+        fresh = DeviceState(
+            serial=self.serial, firmware=self.firmware, form_factor=self.form_factor
+        )
         self.__dict__.update(fresh.__dict__)
         self.set_key(ATTESTATION_SLOT, f9_key)
         if f9_cert:

@@ -5,7 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := softhsm2 opensc age gnupg openssl curl postgresql
+DEBS := softhsm2 opensc age gnupg openssl curl postgresql \
+	pcscd vsmartcard-vpcd ykcs11 yubico-piv-tool pcsc-tools
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps venv demo test lint bench bench-store clean

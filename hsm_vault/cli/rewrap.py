@@ -29,8 +29,12 @@ from hsm_vault.cli.common import (
 from hsm_vault.errors import CardNotFound, HsmVaultError, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hsm_vault.cards import Card, Keyring
+    from hsm_vault.envelope import Header
     from hsm_vault.envelope.rewrap import RecipientChange
+    from hsm_vault.vault import BatchFailure
 
 _KEY_ID = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -96,27 +100,19 @@ def _card_by_id_or_file(ref: str, keyring: Keyring) -> Card:
     return keyring.get(ref).card
 
 
-def _removed_key_ids(refs: list[str], keyring: Keyring) -> set[bytes]:
-    """--remove values -> key ids: every card of an identity, a card by id, or a raw key id."""
-    found: set[bytes] = set()
-    for ref in refs:
-        entries = keyring.find(ref)
-        if entries:
-            found |= {entry.card.key_id for entry in entries}
-            continue
-        try:
-            found.add(keyring.get(ref).card.key_id)
-            continue
-        except (CardNotFound, UsageError):
-            pass
-        if _KEY_ID.fullmatch(ref):
-            found.add(bytes.fromhex(ref))
-            continue
-        raise CardNotFound(
-            f"no card in the keyring for {ref!r}",
-            hint="Name an identity, a card id, or a key id as 'hsm-vault inspect' shows it.",
-        )
-    return found
+def _removed_key_ids(ref: str, keyring: Keyring) -> frozenset[bytes]:
+    """A --remove value -> key ids: every card of an identity, a card by id, or a key id."""
+    entries = keyring.find(ref)
+    if entries:
+        return frozenset(entry.card.key_id for entry in entries)
+    with contextlib.suppress(CardNotFound, UsageError):
+        return frozenset({keyring.get(ref).card.key_id})
+    if _KEY_ID.fullmatch(ref):
+        return frozenset({bytes.fromhex(ref)})
+    raise CardNotFound(
+        f"no card in the keyring for {ref!r}",
+        hint="Name an identity, a card id, or a key id as 'hsm-vault inspect' shows it.",
+    )
 
 
 def recipient_change(
@@ -126,8 +122,9 @@ def recipient_change(
     to_card: str | None,
     *,
     require_removed: bool = True,
-) -> RecipientChange:
-    """The options of `rewrap` and `store rewrap` as one checked change."""
+) -> tuple[RecipientChange, frozenset[bytes]]:
+    """The options of `rewrap` and `store rewrap` as one checked change, and the key id of
+    the --from-card (whose token is the natural one to unwrap with)."""
     from hsm_vault.cards import Keyring
     from hsm_vault.cli.crypt import resolve_recipients
     from hsm_vault.envelope.rewrap import RecipientChange
@@ -140,19 +137,31 @@ def recipient_change(
             hint="e.g. hsm-vault rewrap FILE.hsmv --remove carol",
         )
     keyring = Keyring()
-    removed = _removed_key_ids(list(remove or ()), keyring)
+    replaced: frozenset[bytes] = frozenset()
+    required = [(ref, _removed_key_ids(ref, keyring)) for ref in remove or ()]
     added_refs = list(add or ())
     if from_card is not None and to_card is not None:
-        removed.add(_card_by_id_or_file(from_card, keyring).key_id)
+        old = _card_by_id_or_file(from_card, keyring)
+        replaced = frozenset({old.key_id})
+        required.append((f"card {old.id[:16]} ({old.identity})", replaced))
         added_refs.append(to_card)
     added = resolve_recipients(added_refs) if added_refs else []
-    return RecipientChange(frozenset(removed), tuple(added), require_removed=require_removed)
+    removed = frozenset().union(*(key_ids for _, key_ids in required))
+    change = RecipientChange(
+        removed, tuple(added), required=tuple(required) if require_removed else ()
+    )
+    return change, replaced
 
 
-def _token_for(token: str | None, key: str | None, wanted: set[bytes]) -> str | None:
+def _token_for(
+    token: str | None, key: str | None, wanted: set[bytes], prefer: frozenset[bytes]
+) -> str | None:
+    """--token, the token of --key, else the one token holding your card being replaced
+    (`prefer`), else the one holding any of your cards the files name."""
     from hsm_vault.cli.crypt import _own_token_for, _token_of
 
-    return token or _token_of(key) or _own_token_for(wanted)
+    chosen = token or _token_of(key)
+    return chosen or _own_token_for(wanted & prefer) or _own_token_for(wanted)
 
 
 def _summary(where: str, before: int, after: int) -> str:
@@ -197,9 +206,16 @@ def rewrap(
             )
         if from_card is None:
             raise UsageError("--store needs --from-card OLD and --to-card NEW")
-        change = recipient_change(add, remove, from_card, to_card, require_removed=False)
+        change, replaced = recipient_change(add, remove, from_card, to_card, require_removed=False)
         rewrap_blobs(
-            None, change, key=key, quiet=quiet, module=module, token=token, pin_file=pin_file
+            None,
+            change,
+            replaced=replaced,
+            key=key,
+            quiet=quiet,
+            module=module,
+            token=token,
+            pin_file=pin_file,
         )
         return
     if not files:
@@ -207,14 +223,73 @@ def rewrap(
     for path in files:  # before any PIN prompt
         if not path.is_file():
             raise UsageError(f"{path} is not a file", hint="Check the path.")
-    change = recipient_change(add, remove, from_card, to_card)
-    rewrap_files(files, change, key=key, quiet=quiet, module=module, token=token, pin_file=pin_file)
+    change, replaced = recipient_change(add, remove, from_card, to_card)
+    rewrap_files(
+        files,
+        change,
+        replaced=replaced,
+        key=key,
+        quiet=quiet,
+        module=module,
+        token=token,
+        pin_file=pin_file,
+    )
+
+
+def _plan(
+    items: list[str], header_of: Callable[[str], Header], change: RecipientChange, quiet: bool
+) -> tuple[list[str], set[bytes], list[BatchFailure]]:
+    """Check every item's header against `change` before any login: (items that change,
+    the key ids they name, failures). A single item's failure is raised at once."""
+    from hsm_vault.envelope.rewrap import new_key_ids
+    from hsm_vault.vault import BatchFailure
+
+    todo: list[str] = []
+    wanted: set[bytes] = set()
+    failures: list[BatchFailure] = []
+    for item in items:
+        try:
+            header = header_of(item)
+            after = new_key_ids(header, change)
+        except HsmVaultError as exc:
+            if len(items) == 1:
+                raise
+            failures.append(BatchFailure(Path(item), exc))
+            err_console.print(f"[bold red]error:[/] {item}: {exc.message}", markup=True)
+            continue
+        before = [entry.key_id for entry in header.recipients]
+        if after == before:
+            if not quiet:
+                err_console.print(f"{item}: unchanged (already for those recipients)")
+            continue
+        todo.append(item)
+        wanted |= set(before)
+    return todo, wanted, failures
+
+
+def _run(
+    todo: list[str], failures: list[BatchFailure], total: int, work: Callable[[str], None]
+) -> None:
+    """Run `work` on each item; report failures per item and fail at the end."""
+    from hsm_vault.vault import BatchFailure, batch_failed
+
+    for item in todo:
+        try:
+            work(item)
+        except HsmVaultError as exc:
+            if total == 1:
+                raise
+            failures.append(BatchFailure(Path(item), exc))
+            err_console.print(f"[bold red]error:[/] {item}: {exc.message}", markup=True)
+    if failures:
+        raise batch_failed(failures, total)
 
 
 def rewrap_files(
     files: list[Path],
     change: RecipientChange,
     *,
+    replaced: frozenset[bytes] = frozenset(),
     key: str | None,
     quiet: bool,
     module: str | None,
@@ -222,39 +297,41 @@ def rewrap_files(
     pin_file: Path | None,
 ) -> None:
     """Re-wrap local files in place, one login for all; failures are reported per file."""
-    from hsm_vault.cli.crypt import _run_batch
     from hsm_vault.rewrap import rewrap_file
-    from hsm_vault.vault import recipient_key_ids, token_identities
+    from hsm_vault.vault import inspect_file, token_identities
 
-    wanted: set[bytes] = set()
-    for path in files:
-        with contextlib.suppress(HsmVaultError):  # the re-wrap itself says what is wrong
-            wanted |= recipient_key_ids(path)
-    total = sum(path.stat().st_size for path in files)
+    names = [str(path) for path in files]
+    before: dict[str, int] = {}
+
+    def header_of(name: str) -> Header:
+        header = inspect_file(Path(name))[0]
+        before[name] = len(header.recipients)
+        return header
+
+    todo, wanted, failures = _plan(names, header_of, change, quiet)
+    if not todo:
+        _run([], failures, len(names), lambda _: None)
+        return
+    total = sum(Path(name).stat().st_size for name in todo)
     with (
-        token_session(module, _token_for(token, key, wanted), pin_file) as session,
+        token_session(module, _token_for(token, key, wanted, replaced), pin_file) as session,
         progress_bar("re-wrapping", total, quiet=quiet) as progress,
     ):
         identities = token_identities(session, key)
 
-        def one(src: Path | None, _dst: Path | None) -> None:
-            assert src is not None
-            before = len(recipient_key_ids(src))
-            result = rewrap_file(src, identities, change, progress=progress)
-            if quiet:
-                return
-            if result.changed:
-                err_console.print(_summary(str(src), before, len(result.header.recipients)))
-            else:
-                err_console.print(f"{src}: unchanged (already for those recipients)")
+        def one(name: str) -> None:
+            result = rewrap_file(Path(name), identities, change, progress=progress)
+            if not quiet:
+                err_console.print(_summary(name, before[name], len(result.header.recipients)))
 
-        _run_batch([(path, None) for path in files], one)
+        _run(todo, failures, len(names), one)
 
 
 def rewrap_blobs(
     names: list[str] | None,
     change: RecipientChange,
     *,
+    replaced: frozenset[bytes] = frozenset(),
     key: str | None,
     quiet: bool,
     module: str | None,
@@ -265,11 +342,10 @@ def rewrap_blobs(
 
     `names` None: every blob the caller can read that names a key `change` removes.
     """
-    from hsm_vault.cli.crypt import _run_batch
     from hsm_vault.client import client_from_config
     from hsm_vault.client.blobs import list_blobs, read_blob_header, replace_blob_header
     from hsm_vault.envelope import read_header
-    from hsm_vault.envelope.rewrap import new_key_ids, rewrap
+    from hsm_vault.envelope.rewrap import rewrap
     from hsm_vault.vault import token_identities
 
     client = client_from_config()
@@ -282,25 +358,26 @@ def rewrap_blobs(
         if not names:
             err_console.print("no blob you can read is for that card: nothing to do")
             return
-    headers = {}
-    for name in names:  # headers first: no PIN prompt for a batch with nothing to do
+    headers: dict[str, tuple[Header, str]] = {}
+
+    def header_of(name: str) -> Header:
         raw, sha256 = read_blob_header(client, name)
         headers[name] = (read_header(io.BytesIO(raw)), sha256)
-    wanted = {e.key_id for header, _ in headers.values() for e in header.recipients}
-    total = sum(sizes.values()) if sizes else None
+        return headers[name][0]
+
+    todo, wanted, failures = _plan(names, header_of, change, quiet)
+    if not todo:
+        _run([], failures, len(names), lambda _: None)
+        return
+    total = sum(sizes.get(name, 0) for name in todo) if sizes else None
     with (
-        token_session(module, _token_for(token, key, wanted), pin_file) as session,
+        token_session(module, _token_for(token, key, wanted, replaced), pin_file) as session,
         progress_bar("re-wrapping blobs", total, quiet=quiet) as progress,
     ):
         identities = token_identities(session, key)
 
-        def one(src: Path | None, _dst: Path | None) -> None:
-            name = str(src)
+        def one(name: str) -> None:
             header, sha256 = headers[name]
-            if new_key_ids(header, change) == [e.key_id for e in header.recipients]:
-                if not quiet:
-                    err_console.print(f"{name}: unchanged (already for those recipients)")
-                return
             new = rewrap(header, identities, change)
             meta = replace_blob_header(client, name, new.raw, sha256)
             if progress is not None:
@@ -309,7 +386,7 @@ def rewrap_blobs(
                 where = f"blob {meta.full_name}"
                 err_console.print(_summary(where, len(header.recipients), len(meta.recipients)))
 
-        _run_batch([(Path(name), None) for name in names], one)
+        _run(todo, failures, len(names), one)
 
 
 def register(app: typer.Typer) -> None:

@@ -217,8 +217,17 @@ def rewrap(
     and the server swaps it in atomically (see 'hsm-vault rewrap --help')."""
     from hsm_vault.cli.rewrap import recipient_change, rewrap_blobs
 
-    change = recipient_change(add, remove, from_card, to_card)
-    rewrap_blobs(names, change, key=key, quiet=quiet, module=module, token=token, pin_file=pin_file)
+    change, replaced = recipient_change(add, remove, from_card, to_card)
+    rewrap_blobs(
+        names,
+        change,
+        replaced=replaced,
+        key=key,
+        quiet=quiet,
+        module=module,
+        token=token,
+        pin_file=pin_file,
+    )
 
 
 def register(app: typer.Typer) -> None:

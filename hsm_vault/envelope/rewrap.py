@@ -38,8 +38,9 @@ class RecipientChange:
 
     remove: frozenset[bytes] = frozenset()
     add: tuple[Recipient, ...] = ()
-    #: Refuse a header that names none of `remove` (an explicit file); a scan skips instead.
-    require_removed: bool = True
+    #: (what the person named, its key ids): the header must name one of each, or the
+    #: re-wrap is refused ("carol" may stand for several cards, of which one is in the file).
+    required: tuple[tuple[str, frozenset[bytes]], ...] = ()
     _added_ids: frozenset[bytes] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -65,8 +66,8 @@ def _body(header: Header) -> bytes:
 def new_key_ids(header: Header, change: RecipientChange) -> list[bytes]:
     """The recipients' key ids after `change`; raises what a re-wrap would refuse.
 
-    Refuses a signed header (the signature covers the header), a removal of a key id the
-    header does not name (when `change.require_removed`), and a result with no recipient.
+    Refuses a signed header (the signature covers the header), a header that names none of
+    the keys of a `change.required` entry, and a result with no recipient.
     """
     if header.signer is not None:
         raise EnvelopeError(
@@ -74,13 +75,12 @@ def new_key_ids(header: Header, change: RecipientChange) -> list[bytes]:
             hint="Decrypt it and encrypt it again (--sign-with to sign the new file).",
         )
     present = [entry.key_id for entry in header.recipients]
-    missing = change.remove - set(present)
-    if missing and change.require_removed:
-        names = ", ".join(sorted(key_id.hex()[:16] for key_id in missing))
-        raise EnvelopeError(
-            f"key {names} is not a recipient of the file",
-            hint="'hsm-vault inspect FILE' lists the file's recipients.",
-        )
+    for name, key_ids in change.required:
+        if not key_ids & set(present):
+            raise EnvelopeError(
+                f"{name} is not a recipient of the file",
+                hint="'hsm-vault inspect FILE' lists the file's recipients.",
+            )
     kept = [key_id for key_id in present if key_id not in change.remove]
     kept += [r.key_id for r in change.add if r.key_id not in kept]
     if not kept:

@@ -67,8 +67,11 @@ def export(
     token: TokenOpt = None,
     pin_file: PinFileOpt = None,
 ) -> None:
-    """Re-encrypt FILE.hsmv as a standard CMS message under a fresh content key wrapped to
-    each recipient's card; the plaintext never touches the disk."""
+    """Export FILE.hsmv as a standard CMS message (opens with openssl cms -decrypt).
+
+    The content is encrypted again under a fresh content key wrapped to each recipient's
+    card; the plaintext never touches the disk.
+    """
     from hsm_vault.cards import Keyring
     from hsm_vault.cli.crypt import _own_token_for, _refuse_terminal, _token_of, resolve_recipients
     from hsm_vault.envelope.cms_export import CMSKind

@@ -191,8 +191,10 @@ def rewrap(
     token: TokenOpt = None,
     pin_file: PinFileOpt = None,
 ) -> None:
-    """Change a file's recipients without re-encrypting it: one unwrap on the token, a new
-    header, the payload bytes kept.
+    """Change who can open files without re-encrypting them (payload bytes kept).
+
+    The token unwraps each file key once (one login for every file); a new header is written
+    and the payload bytes are copied as they are.
 
     A removed recipient can no longer open the new file, but may have kept the old file or
     its file key: re-encrypt what must stay secret from them (docs/format.md). A signed file

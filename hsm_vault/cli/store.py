@@ -213,8 +213,11 @@ def rewrap(
     token: TokenOpt = None,
     pin_file: PinFileOpt = None,
 ) -> None:
-    """Change who can read blobs without re-encrypting them: only the new header is sent,
-    and the server swaps it in atomically (see 'hsm-vault rewrap --help')."""
+    """Change who can read blobs without re-encrypting them (payload bytes kept).
+
+    Only the new header is sent; the server swaps it in atomically and updates who may read
+    the blob (see 'hsm-vault rewrap --help').
+    """
     from hsm_vault.cli.rewrap import recipient_change, rewrap_blobs
 
     change, replaced = recipient_change(add, remove, from_card, to_card)

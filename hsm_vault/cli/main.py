@@ -26,6 +26,8 @@ COMMAND_MODULES = {
     "encrypt": "crypt",
     "decrypt": "crypt",
     "inspect": "crypt",
+    "rewrap": "rewrap",
+    "export": "export",
     "login": "account",
     "logout": "account",
     "whoami": "account",

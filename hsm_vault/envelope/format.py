@@ -302,6 +302,15 @@ def parse_body(body: bytes) -> HeaderBody:
     return HeaderBody(tuple(entries), payload, signer)
 
 
+def recipient_infos(body: bytes) -> dict[bytes, bytes]:
+    """The DER of each RecipientInfo of a body that `parse_body` accepted, by key id.
+
+    A re-wrap keeps the entries it does not change byte for byte (envelope/rewrap.py).
+    """
+    parsed = _HeaderBody.load(body, strict=True)
+    return {_parse_entry(info).key_id: info.dump(force=True) for info in parsed["recipients"]}
+
+
 def _parse_entry(info: Any) -> RecipientEntry:
     if info.name == "kari":
         return _parse_kari(info.chosen)

@@ -158,9 +158,10 @@ def _token_for(
 ) -> str | None:
     """--token, the token of --key, else the one token holding your card being replaced
     (`prefer`), else the one holding any of your cards the files name."""
-    from hsm_vault.cli.crypt import _own_token_for, _token_of
+    from hsm_vault.cli.common import split_token_from_key
+    from hsm_vault.cli.crypt import _own_token_for
 
-    chosen = token or _token_of(key)
+    chosen = split_token_from_key(key, token)
     return chosen or _own_token_for(wanted & prefer) or _own_token_for(wanted)
 
 

@@ -112,8 +112,30 @@ class TokenCannot(UnsupportedMechanism):
     """
 
 
+class ManagementKeyRefused(TokenLayerError):
+    """A PIV management key that is malformed, wrong, or the factory default."""
+
+    hint = "Check the management key; docs/yubikey.md says how it is set and kept."
+
+
+class SlotOccupied(TokenLayerError):
+    hint = (
+        "Choose a free slot with --slot, or pass --force to overwrite it (the key in it is "
+        "destroyed, and files encrypted to it can no longer be decrypted)."
+    )
+
+
 class TokenOperationFailed(TokenLayerError):
     hint = "The token refused the operation; check the key type and the token's log."
+
+
+class AttestationError(TokenLayerError):
+    """A key attestation that does not verify (chain, signature, or the key it names)."""
+
+    hint = (
+        "Do not rely on this key being made on the device; if it should be, generate a new key "
+        "on the token and check again (docs/yubikey.md, Attestation)."
+    )
 
 
 # --- cards ------------------------------------------------------------------------------------

@@ -32,10 +32,12 @@ from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
     PinFileOpt,
+    SlotOpt,
     TokenOpt,
     YesOpt,
     console,
     err_console,
+    key_reference,
     print_json,
     split_token_from_key,
     token_session,
@@ -219,7 +221,11 @@ def _parse_data(items: list[str] | None) -> dict[str, str]:
 @card_app.command("create")
 def create(
     identity: Annotated[str, typer.Argument(help="Who the card is for: an email or user name.")],
-    key: Annotated[str, typer.Option("--key", "-k", help="Token key label or PKCS#11 URI.")],
+    key: Annotated[
+        str | None,
+        typer.Option("--key", "-k", help="Token key label or PKCS#11 URI.", show_default=False),
+    ] = None,
+    slot: SlotOpt = None,
     identity_type: Annotated[
         IdentityType | None,
         typer.Option(
@@ -251,6 +257,7 @@ def create(
     The key must have been generated on the token (local, never extractable, always
     sensitive). For RSA keys the OAEP hash the token accepts is probed and written in the card.
     """
+    key = key_reference(key, slot)
     if (rotate_from is None) != (old_key is None):
         raise UsageError("--rotate-from and --old-key go together")
     keyring = Keyring()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 from hsm_vault.config import Config
-from hsm_vault.errors import HsmVaultError
+from hsm_vault.errors import HsmVaultError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -80,6 +80,31 @@ PinFileOpt = Annotated[
         exists=False,
     ),
 ]
+ManagementKeyFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--management-key-file",
+        help="PIV tokens: read the management key (48 hex digits) from the first line of this "
+        "file (else $HSM_VAULT_MANAGEMENT_KEY, else a hidden prompt). Never on the command line.",
+        show_default=False,
+    ),
+]
+AllowDefaultManagementKeyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-default-management-key",
+        help="PIV tokens: accept the factory default management key (test cards only).",
+    ),
+]
+SlotOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--slot",
+        help="PIV tokens: the key in this slot (9a, 9c, 9d, 9e, 82-95), e.g. one made with "
+        "yubico-piv-tool or ykman; the same as the key pkcs11:id=%03 for 9d.",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
@@ -143,9 +168,22 @@ def root_option(name: str, value: str | None) -> str | None:
 
 
 @contextmanager
-def token_session(module: str | None, token: str | None, pin_file: Path | None) -> Iterator[Any]:
-    """Open a logged-in session on the chosen token, with config-file defaults."""
+def token_session(
+    module: str | None,
+    token: str | None,
+    pin_file: Path | None,
+    *,
+    management_key_file: Path | None = None,
+    manage_keys: bool = False,
+    allow_default_management_key: bool = False,
+) -> Iterator[Any]:
+    """Open a logged-in session on the chosen token, with config-file defaults.
+
+    `manage_keys`: the session makes or destroys keys, so a PIV token is logged in with its
+    management key (asked for only then); other tokens with the PIN as always.
+    """
     from hsm_vault.token import PinSource, open_session  # keeps pkcs11 off paths without a token
+    from hsm_vault.token.piv import management_key_source
 
     config = Config.load()
     with open_session(
@@ -155,8 +193,54 @@ def token_session(module: str | None, token: str | None, pin_file: Path | None) 
         configured_module=config.module,
         configured_token=config.token,
         allow_unreported_local=config.allow_unreported_local,
+        management_key=management_key_source(management_key_file) if manage_keys else None,
+        allow_default_management_key=allow_default_management_key,
     ) as session:
+        if session.default_management_key:
+            err_console.print(
+                "[yellow]warning:[/] this PIV token still has the factory default management "
+                "key: anyone holding it can replace its keys (docs/yubikey.md)",
+                markup=True,
+            )
         yield session
+
+
+ATTESTATION_ROOTS_ENV = "HSM_VAULT_ATTESTATION_ROOTS"
+
+
+def attestation_roots() -> tuple[Any, ...]:
+    """Yubico's pinned PIV root, and the roots of the PEM file $HSM_VAULT_ATTESTATION_ROOTS
+    names (a private attestation CA, or the virtual YubiKey's test root in tests)."""
+    import os
+
+    from hsm_vault.attestation import load_roots, yubico_roots
+    from hsm_vault.errors import AttestationError
+
+    roots = yubico_roots()
+    path = os.environ.get(ATTESTATION_ROOTS_ENV)
+    if path:
+        try:
+            pem = Path(path).read_bytes()
+        except OSError as exc:
+            raise AttestationError(
+                f"cannot read {ATTESTATION_ROOTS_ENV} file {path}: {exc.strerror}"
+            ) from None
+        roots += load_roots(pem)
+    return roots
+
+
+def key_reference(key: str | None, slot: str | None, *, required: bool = True) -> Any:
+    """The key a command names: a label or pkcs11: URI, or a PIV slot (`--slot 9d` is
+    `pkcs11:id=%03`); None if neither is given and the key is not `required`."""
+    if slot is not None:
+        if key is not None:
+            raise UsageError("name the key by --key (or KEY) or by --slot, not both")
+        from hsm_vault.token.piv import slot_named
+
+        return f"pkcs11:id={slot_named(slot).uri_id}"
+    if key is None and required:
+        raise UsageError("name a key: its label, a pkcs11: URI, or --slot on a PIV token")
+    return key
 
 
 def split_token_from_key(key: str | None, token: str | None) -> str | None:

@@ -18,8 +18,10 @@ from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
     PinFileOpt,
+    SlotOpt,
     TokenOpt,
     err_console,
+    key_reference,
     print_json,
     progress_bar,
     split_token_from_key,
@@ -319,6 +321,7 @@ def decrypt(
             show_default=False,
         ),
     ] = None,
+    slot: SlotOpt = None,
     output: OutputOpt = None,
     out_dir: OutDirOpt = None,
     force: ForceOpt = False,
@@ -363,6 +366,7 @@ def decrypt(
         plan = _plan(_inputs(files), output, out_dir, default_decrypt_output)
     for _, dst in plan:
         _refuse_terminal(dst)
+    key = key_reference(key, slot, required=False)
     chosen = split_token_from_key(key, token)
     if chosen is None:
         chosen = _own_token_for(_recipients_of(from_store, [src for src, _ in plan if src]))

@@ -51,6 +51,11 @@ class TemplateVariant(StrEnum):
 
     MINIMAL = "minimal"  # only the attributes hsm-vault needs; the rest left to the token
     EXPLICIT = "explicit"  # every usage attribute set, true or false (python-pkcs11's default)
+    PIV = "piv"  # minimal without CKA_EXTRACTABLE, which PIV modules refuse (AttributeTypeInvalid)
+
+
+# What a token of unknown kind is tried with, in order; PIV's comes only from a profile.
+GENERAL_TEMPLATES = (TemplateVariant.MINIMAL, TemplateVariant.EXPLICIT)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ class Capabilities:
             facts["ecdh"] = PointEncoding(facts["ecdh"]) if facts["ecdh"] else None
         if "pss" in facts:
             facts["pss"] = PSSMode(facts["pss"]) if facts["pss"] else None
+        if "template" in facts:
+            facts["template"] = TemplateVariant(facts["template"])
         merged = replace(self, profile=profile.name, **facts)
         generates = tuple(t for t in merged.generates if t.is_ec or t.bits <= merged.max_rsa_bits)
         return replace(merged, generates=generates, reasons={**self.reasons, **profile.reasons})

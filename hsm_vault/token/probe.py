@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 from asn1crypto.core import OctetString
@@ -18,11 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pkcs11 import KDF, MGF, Attribute, Mechanism
 from pkcs11 import KeyType as P11KeyType
 from pkcs11 import exceptions as p11e
+from pkcs11._pkcs11 import DeriveMixin  # type: ignore[attr-defined]
 from pkcs11.constants import DEFAULT
 from pkcs11.util.ec import encode_ecdsa_signature, encode_named_curve_parameters
 
 from hsm_vault.algorithms import KeyType, hash_algorithm, load_spki
 from hsm_vault.token.capabilities import (
+    GENERAL_TEMPLATES,
     Capabilities,
     PointEncoding,
     PSSMode,
@@ -53,10 +56,11 @@ def keypair_templates(
         Attribute.TOKEN: token,
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
     }
+    if variant is not TemplateVariant.PIV:  # PIV modules refuse the attribute (keys never leave)
+        private[Attribute.EXTRACTABLE] = False
     public: dict[Any, Any] = {Attribute.TOKEN: token}
-    if variant is TemplateVariant.MINIMAL:
+    if variant is not TemplateVariant.EXPLICIT:
         private.update(dict.fromkeys(_USAGES_PRIVATE, DEFAULT))
         public.update(dict.fromkeys(_USAGES_PUBLIC, DEFAULT))
     private[Attribute.SIGN] = True
@@ -129,7 +133,10 @@ def ecdh_secret(
 ) -> bytes:
     """CKM_ECDH1_DERIVE with KDF NULL into a readable session secret; its value."""
     point = OctetString(peer_point).dump() if encoding is PointEncoding.DER else peer_point
-    secret = private.derive_key(
+    # python-pkcs11 offers derive_key only on keys reporting CKA_DERIVE true; ykcs11 reports
+    # false on every key and derives all the same.
+    derive = getattr(private, "derive_key", None) or partial(DeriveMixin.derive_key, private)
+    secret = derive(
         P11KeyType.GENERIC_SECRET,
         key_type.field_bytes * 8,
         mechanism=Mechanism.ECDH1_DERIVE,
@@ -143,13 +150,14 @@ def ecdh_secret(
             secret.destroy()
 
 
-def pss_sign(private: Any, message: bytes, mode: PSSMode) -> bytes:
-    """An RSA-PSS-SHA256 signature (salt 32) made the way `mode` says."""
+def pss_sign(private: Any, message: bytes, mode: PSSMode, pin: str | None = None) -> bytes:
+    """An RSA-PSS-SHA256 signature (salt 32) made the way `mode` says; `pin` for a key that
+    wants a context-specific login."""
     if mode is PSSMode.ON_TOKEN:
         data, mechanism = message, Mechanism.SHA256_RSA_PKCS_PSS
     else:
         data, mechanism = hashlib.sha256(message).digest(), Mechanism.RSA_PKCS_PSS
-    return bytes(private.sign(data, mechanism=mechanism, mechanism_param=PSS_SHA256))
+    return bytes(private.sign(data, mechanism=mechanism, mechanism_param=PSS_SHA256, pin=pin))
 
 
 def _reason(exc: Exception) -> str:
@@ -159,7 +167,7 @@ def _reason(exc: Exception) -> str:
 def _try_generate(
     session: Any, key_type: KeyType, reasons: dict[str, str]
 ) -> tuple[Any, TemplateVariant] | None:
-    for variant in TemplateVariant:
+    for variant in GENERAL_TEMPLATES:
         try:
             return generate_pair(session, key_type, variant, token=False), variant
         except p11e.PKCS11Error as exc:

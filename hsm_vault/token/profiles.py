@@ -44,6 +44,11 @@ class Profile:
     reasons: Mapping[str, str] = field(default_factory=dict)
     """Why an operation is unavailable, for error messages: operation -> reason."""
 
+    @property
+    def piv(self) -> bool:
+        """A PIV card: keys in slots, made with the management key (see `token/piv.py`)."""
+        return bool(self.facts.get("piv"))
+
     def discoverable(self) -> bool:
         return not self.discover_when or any(
             os.environ.get(item) or (item.startswith("/") and os.path.exists(item))
@@ -96,17 +101,20 @@ PROFILES: Final[tuple[Profile, ...]] = (
         module_files=("libykcs11.so",),
         session_keys=False,
         # A YubiKey's PIV applet: keys live in slots and are made with the management key.
+        # ykcs11 2.2.0 refuses CKA_EXTRACTABLE in a template and RSA-3072 (AttributeValueInvalid).
         facts={
             "generates": ("ec-p256", "ec-p384", "rsa-2048"),
             "ecdh": "raw",
             "oaep_hashes": ("sha256", "sha1"),
             "pss": "rsa-pkcs-pss",
             "reports_local": True,
+            "template": "piv",
             "piv": True,
         },
         reasons={
-            "rsa-3072": "PIV on this firmware generates RSA-2048 at most",
-            "rsa-4096": "PIV on this firmware generates RSA-2048 at most",
+            "rsa-3072": "ykcs11 2.2 generates RSA-2048 at most on PIV",
+            "rsa-4096": "ykcs11 2.2 generates RSA-2048 at most on PIV",
+            "policy": "ykcs11 has no attribute for a key's PIN or touch policy",
         },
     ),
     Profile(
@@ -115,13 +123,22 @@ PROFILES: Final[tuple[Profile, ...]] = (
         token_manufacturer=("piv_II", "PIV"),
         module_files=("opensc-pkcs11.so",),
         session_keys=False,
+        # OpenSC 0.23's PIV driver shows only keys whose slot holds a certificate; 9d decrypts
+        # and derives but does not sign (CKR_KEY_TYPE_INCONSISTENT).
         facts={
-            "generates": ("ec-p256", "ec-p384", "rsa-2048"),
+            "generates": (),
             "ecdh": "raw",
             "oaep_hashes": ("sha1",),
             "pss": "rsa-pkcs-pss",
             "reports_local": True,
+            "template": "piv",
             "piv": True,
+        },
+        reasons={
+            "generate": "hsm-vault generates PIV keys through Yubico's ykcs11 only",
+            "sign": "OpenSC's PIV driver signs with slots 9a and 9c only; it treats 9d as a "
+            "decryption key",
+            "policy": "OpenSC's PKCS#11 module has no attribute for a key's PIN or touch policy",
         },
     ),
 )

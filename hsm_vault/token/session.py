@@ -26,18 +26,20 @@ from hsm_vault.errors import (
     HsmVaultError,
     KeyNotFound,
     KeyPolicyError,
+    ManagementKeyRefused,
     PinIncorrect,
     PinLocked,
     TokenCannot,
     TokenLayerError,
     TokenOperationFailed,
 )
+from hsm_vault.token import piv
 from hsm_vault.token.capabilities import (
+    GENERAL_TEMPLATES,
     Capabilities,
     CapabilityCache,
     PointEncoding,
     PSSMode,
-    TemplateVariant,
 )
 from hsm_vault.token.failures import UNSUPPORTED, cannot, translated
 from hsm_vault.token.library import (
@@ -48,7 +50,7 @@ from hsm_vault.token.library import (
     refresh,
     select_token,
 )
-from hsm_vault.token.pin import PinSource
+from hsm_vault.token.pin import Pin, PinSource
 from hsm_vault.token.probe import (
     OAEP_MECHANISMS,
     OAEP_PREFERENCE,
@@ -81,10 +83,14 @@ class KeyInfo:
     local_not_reported: bool = False
     """The token's model reports CKA_LOCAL false even for keys it made, and an officer
     allowed that model: the key counts as made on the token, and its card says so."""
+    slot: str | None = None
+    """The PIV slot ('9d') on a PIV token, else None."""
 
     @property
     def uri(self) -> str:
-        return format_uri(PKCS11URI(token=self.token.label, object=self.label, id=self.key_id))
+        # A PIV key is named by its slot's id: its label is the module's, not ours.
+        label = None if self.slot else self.label
+        return format_uri(PKCS11URI(token=self.token.label, object=label, id=self.key_id))
 
     @property
     def fingerprint(self) -> str:
@@ -123,9 +129,19 @@ class TokenSession:
         selected: SelectedToken,
         cache: CapabilityCache | None = None,
         allow_unreported_local: tuple[str, ...] = (),
+        *,
+        security_officer: bool = False,
+        context_pin: Pin | None = None,
+        default_management_key: bool = False,
     ) -> None:
         self._session = session
         self._selected = selected
+        self.security_officer = security_officer
+        """Logged in with the PIV management key (to make and destroy keys), not the PIN."""
+        self.default_management_key = default_management_key
+        """The management key used is the factory default (allowed by the caller)."""
+        # For keys that want the PIN again before each use (CKA_ALWAYS_AUTHENTICATE: PIV 9c).
+        self._context_pin = context_pin
         self._pid = os.getpid()
         self.info = selected.info
         self._cache = cache or CapabilityCache()
@@ -171,6 +187,12 @@ class TokenSession:
         self._cache.put(self.info.model_key, measured)
         self._capabilities = measured
         return measured
+
+    @property
+    def piv(self) -> bool:
+        """A PIV token: keys live in slots named by a one-byte id (see `token/piv.py`)."""
+        known = self.known_capabilities()
+        return known.piv if known is not None else self._selected.profile.piv
 
     def mechanisms(self) -> dict[str, bool]:
         """Which of the mechanisms hsm-vault uses the slot lists (C_GetMechanismList)."""
@@ -238,6 +260,8 @@ class TokenSession:
         unreported = (
             not local and self._allow_unreported_local and not self.capabilities().reports_local
         )
+        key_id = bytes(private[Attribute.ID])
+        slot = piv.slot_of(key_id) if self.piv else None
         return KeyInfo(
             label=private.label or "",
             key_id=bytes(private[Attribute.ID]),
@@ -251,6 +275,7 @@ class TokenSession:
             extractable=_bool_attr(private, Attribute.EXTRACTABLE),
             capabilities=caps,
             local_not_reported=unreported,
+            slot=slot.name if slot else None,
         )
 
     def keys(self) -> list[KeyInfo]:
@@ -258,9 +283,11 @@ class TokenSession:
         found = []
         for private in self._private_objects():
             try:
-                found.append(self._describe(private))
+                info = self._describe(private)
             except (KeyNotFound, TokenOperationFailed):
                 continue  # not a pair hsm-vault can use: leave it out of the list
+            if info.slot != piv.ATTESTATION_SLOT.name:  # the device's own attestation key
+                found.append(info)
         return sorted(found, key=lambda k: (k.label, k.key_id))
 
     def find_key(self, ref: str) -> KeyInfo:
@@ -295,23 +322,43 @@ class TokenSession:
 
     # --- managing keys --------------------------------------------------------------------
 
-    def generate_key(self, label: str, key_type: KeyType) -> KeyInfo:
-        """Generate a non-extractable key pair on the token and check the token honoured it."""
-        if not label or len(label) > 128:
-            raise TokenLayerError("a key label must be 1 to 128 characters")
-        if self._private_objects({Attribute.LABEL: label}):
-            raise DuplicateLabel(f"token {self.info.label!r} already has a key labelled {label!r}")
+    def generate_key(
+        self,
+        label: str | None,
+        key_type: KeyType,
+        *,
+        slot: str | None = None,
+        force: bool = False,
+    ) -> KeyInfo:
+        """Generate a non-extractable key pair on the token and check the token honoured it.
+
+        On a PIV token the key goes to `slot` (else the first free decryption slot, 9d first)
+        and the module's fixed label replaces `label`; an occupied slot is overwritten only
+        with `force`. That needs a session logged in with the management key.
+        """
         known = self.known_capabilities()
         if known is not None and not known.can_generate(key_type):
             best = known.best_key_type()
+            why = known.why_not(str(key_type))
+            if not known.generates:
+                why = known.why_not("generate")
             raise cannot(
                 self.info,
                 f"generate {key_type} keys",
-                known.why_not(str(key_type)),
+                why,
                 f"Choose a type it can make, e.g. --type {best}" if best else None,
             )
-        key_id = secrets.token_bytes(16)
-        variants = [known.template] if known else list(TemplateVariant)
+        if self.piv:
+            key_id, label = self._piv_slot_for_new_key(slot, force), None
+        else:
+            if not label or len(label) > 128:
+                raise TokenLayerError("a key label must be 1 to 128 characters")
+            if self._private_objects({Attribute.LABEL: label}):
+                raise DuplicateLabel(
+                    f"token {self.info.label!r} already has a key labelled {label!r}"
+                )
+            key_id = secrets.token_bytes(16)
+        variants = [known.template] if known else list(GENERAL_TEMPLATES)
         for n, variant in enumerate(variants, 1):
             try:
                 with translated(self.info, f"generate {key_type} keys"):
@@ -339,6 +386,32 @@ class TokenSession:
             )
         return info
 
+    def _require_security_officer(self, what: str) -> None:
+        if not self.security_officer:
+            raise ManagementKeyRefused(
+                f"{what} on PIV token {self.info.label!r} needs the management key",
+                hint="Open the session with the management key (hsm-vault asks for it in "
+                "'key generate' and 'key delete').",
+            )
+
+    def _occupied_slots(self) -> set[int]:
+        session = self._live()
+        return {
+            bytes(obj[Attribute.ID])[0]
+            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+            for obj in session.get_objects({Attribute.CLASS: cls})
+            if bytes(obj[Attribute.ID])
+        }
+
+    def _piv_slot_for_new_key(self, slot: str | None, force: bool) -> bytes:
+        self._require_security_officer("key generation")
+        requested = piv.slot_named(slot) if slot else None
+        chosen = piv.choose_slot(
+            requested, self._occupied_slots(), force=force, token=self.info.label
+        )
+        self._handles.pop(chosen.id_bytes, None)
+        return chosen.id_bytes
+
     def _destroy(self, key: KeyInfo) -> None:
         self._handles.pop(key.key_id, None)
         session = self._live()
@@ -347,8 +420,22 @@ class TokenSession:
                 obj.destroy()
 
     def delete_key(self, key: KeyInfo) -> None:
-        """Destroy both halves of a key pair. There is no undo."""
+        """Destroy both halves of a key pair. There is no undo.
+
+        A PIV card cannot empty a slot (before YubiKey firmware 5.7, and not through ykcs11
+        2.2, whose C_DestroyObject only removes the slot's certificate), so the slot is first
+        overwritten with a fresh key that nobody uses: the old private key is gone for good.
+        """
         with translated(self.info, "delete the key"):
+            if key.slot is not None:
+                self._require_security_officer("key deletion")
+                generate_pair(
+                    self._live(),
+                    KeyType.EC_P256,
+                    self.capabilities().template,
+                    token=True,
+                    key_id=key.key_id,
+                )
             self._destroy(key)
 
     # --- operations -------------------------------------------------------------------------
@@ -357,20 +444,51 @@ class TokenSession:
         """Sign `message` with the key's signature algorithm (DER ECDSA, or RSA-PSS-SHA256)."""
         private = self._private(key)
         algorithm = key.key_type.signature_algorithm
+        known = self.known_capabilities()
+        # A key that wants the PIN again for each signature (PIV slot 9c) gets it after
+        # C_SignInit, as PKCS#11 2.40 says; python-pkcs11 does that when given pin=.
+        if not hasattr(private, "sign"):  # python-pkcs11 offers sign() only with CKA_SIGN true
+            raise cannot(
+                self.info,
+                f"sign with key {key.label!r}",
+                known.why_not("sign") if known else "the key is not marked for signing",
+                "Sign through another module for this token (for a YubiKey: Yubico's ykcs11, "
+                "libykcs11.so), or with a key the token lets sign.",
+            )
+        pin = self._context_pin_for(private)
         if key.key_type.is_ec:
             with translated(self.info, f"sign with {algorithm}"):
-                raw = private.sign(algorithm.digest(message), mechanism=Mechanism.ECDSA)
+                raw = private.sign(algorithm.digest(message), mechanism=Mechanism.ECDSA, pin=pin)
             return encode_ecdsa_signature(raw)
-        known = self.known_capabilities()
         modes = [known.pss] if known and known.pss else list(PSSMode)
         for n, mode in enumerate(modes, 1):
             try:
                 with translated(self.info, f"sign with {algorithm}"):
-                    return pss_sign(private, message, mode)
+                    return pss_sign(private, message, mode, pin)
             except TokenCannot:
                 if n == len(modes):
                     raise
         raise AssertionError("unreachable")
+
+    def _context_pin_for(self, private: Any) -> str | None:
+        if not _bool_attr(private, Attribute.ALWAYS_AUTHENTICATE):
+            return None
+        if self._context_pin is None:
+            raise TokenLayerError(
+                f"key {private.label!r} on token {self.info.label!r} wants the PIN again for "
+                "each use, and this session has none",
+                hint="Use the key in a session logged in with the PIN.",
+            )
+        return self._context_pin.reveal()
+
+    def attestation(self, key: KeyInfo) -> tuple[bytes, bytes] | None:
+        """The key's attestation certificate and the device certificate that signed it (DER,
+        unverified: `hsm_vault.attestation` verifies them), or None if the token offers none.
+        """
+        if key.slot is None:
+            return None
+        with translated(self.info, "read the attestation certificates"):
+            return piv.attestation_certificates(self._live(), key.key_id)
 
     def ecdh(self, key: KeyInfo, peer_point: bytes) -> bytes:
         """ECDH1_DERIVE with KDF NULL: the raw shared secret (the x coordinate)."""
@@ -466,6 +584,48 @@ def _ephemeral_point(key_type: KeyType) -> bytes:
     )
 
 
+def _login_user(selected: SelectedToken, pin: PinSource | None) -> tuple[Any, Pin]:
+    info = selected.info
+    locked_hint = piv.locked_pin_hint() if selected.profile.piv else None
+    if "USER_PIN_LOCKED" in info.flags:
+        raise PinLocked(f"the user PIN of token {info.label!r} is locked", hint=locked_hint)
+    user_pin = (pin or PinSource()).get(info.label)
+    try:
+        return selected.token.open(rw=True, user_pin=user_pin.reveal()), user_pin
+    except p11e.PinIncorrect:
+        after = refresh(selected)
+        if "USER_PIN_LOCKED" in after.flags:
+            raise PinLocked(
+                f"wrong PIN for token {info.label!r}; the PIN is now locked", hint=locked_hint
+            ) from None
+        raise PinIncorrect(f"wrong PIN for token {info.label!r}; {after.pin_state}") from None
+    except p11e.PinLocked:
+        raise PinLocked(
+            f"the user PIN of token {info.label!r} is locked", hint=locked_hint
+        ) from None
+    except p11e.PinLenRange:
+        raise PinIncorrect(f"the PIN for token {info.label!r} has the wrong length") from None
+
+
+def _login_security_officer(
+    selected: SelectedToken, management_key: PinSource, allow_default: bool
+) -> tuple[Any, bool]:
+    """A session logged in with the PIV management key; whether it is the factory default."""
+    info = selected.info
+    key = management_key.get(info.label)
+    is_default = piv.check_management_key(key, allow_default=allow_default)
+    try:
+        return selected.token.open(rw=True, so_pin=key.reveal().strip()), is_default
+    except (p11e.PinIncorrect, p11e.PinLenRange, p11e.ArgumentsBad):
+        raise ManagementKeyRefused(
+            f"wrong management key for PIV token {info.label!r}",
+            hint="Give the key set with 'yubico-piv-tool -a set-mgm-key' (48 hex digits); the "
+            "PIV applet has no retry counter for it, so nothing is locked.",
+        ) from None
+    finally:
+        del key
+
+
 @contextmanager
 def open_session(
     token: str | None = None,
@@ -475,24 +635,25 @@ def open_session(
     configured_module: str | None = None,
     configured_token: str | None = None,
     allow_unreported_local: tuple[str, ...] = (),
+    management_key: PinSource | None = None,
+    allow_default_management_key: bool = False,
 ) -> Iterator[TokenSession]:
-    """Open a read-write session on one token and log in once; log out and close on exit."""
+    """Open a read-write session on one token and log in once; log out and close on exit.
+
+    With `management_key`, a PIV token is logged in as security officer with its management
+    key instead of the PIN (to generate and delete keys); other tokens ignore it.
+    """
     selected = select_token(token or configured_token, module, configured_module)
     info = selected.info
-    if "USER_PIN_LOCKED" in info.flags:
-        raise PinLocked(f"the user PIN of token {info.label!r} is locked")
-    user_pin = (pin or PinSource()).get(info.label)
+    user_pin: Pin | None = None
+    is_default = False
     try:
-        session = selected.token.open(rw=True, user_pin=user_pin.reveal())
-    except p11e.PinIncorrect:
-        after = refresh(selected)
-        if "USER_PIN_LOCKED" in after.flags:
-            raise PinLocked(f"wrong PIN for token {info.label!r}; the PIN is now locked") from None
-        raise PinIncorrect(f"wrong PIN for token {info.label!r}; {after.pin_state}") from None
-    except p11e.PinLocked:
-        raise PinLocked(f"the user PIN of token {info.label!r} is locked") from None
-    except p11e.PinLenRange:
-        raise PinIncorrect(f"the PIN for token {info.label!r} has the wrong length") from None
+        if management_key is not None and selected.profile.piv:
+            session, is_default = _login_security_officer(
+                selected, management_key, allow_default_management_key
+            )
+        else:
+            session, user_pin = _login_user(selected, pin)
     except p11e.UserAlreadyLoggedIn:
         raise TokenLayerError(
             f"this process is already logged in to token {info.label!r}",
@@ -500,9 +661,15 @@ def open_session(
         ) from None
     except p11e.PKCS11Error as exc:
         raise TokenLayerError(f"cannot open token {info.label!r}: {type(exc).__name__}") from None
-    finally:
-        del user_pin
-    opened = TokenSession(session, selected, allow_unreported_local=allow_unreported_local)
+    opened = TokenSession(
+        session,
+        selected,
+        allow_unreported_local=allow_unreported_local,
+        security_officer=user_pin is None,
+        context_pin=user_pin if selected.profile.piv else None,
+        default_management_key=is_default,
+    )
+    del user_pin
     try:
         yield opened
     finally:

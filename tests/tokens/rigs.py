@@ -328,7 +328,12 @@ def tpm2_rig(folder: Path, labels: Sequence[str] = ("tpm-a",)) -> Iterator[Token
         def make_token(label: str) -> None:
             # pkcs11-tool takes PINs only from a terminal or argv; these are test PINs.
             tool = ["pkcs11-tool", "--module", TPM2_MODULE]
-            _run([*tool, "--init-token", "--label", label, "--so-pin", so_pin], env, "C_InitToken")
+            slot = _empty_slot(_run([*tool, "--list-slots"], env, "pkcs11-tool --list-slots"))
+            _run(
+                [*tool, "--slot", slot, "--init-token", "--label", label, "--so-pin", so_pin],
+                env,
+                "C_InitToken",
+            )
             _run(
                 [
                     *tool, "--token-label", label, "--login", "--login-type", "so",
@@ -344,6 +349,17 @@ def tpm2_rig(folder: Path, labels: Sequence[str] = ("tpm-a",)) -> Iterator[Token
         yield TokenRig("tpm2", TPM2_MODULE, env, tuple(labels), pin, so_pin, folder, (), make_token)
     finally:
         procs.stop_all()
+
+
+def _empty_slot(listing: str) -> str:
+    """The id of the first slot whose token is uninitialised, from `pkcs11-tool -L`."""
+    slot = None
+    for line in listing.splitlines():
+        if line.startswith("Slot "):
+            slot = line.split("(", 1)[1].split(")", 1)[0]
+        elif "uninitialized" in line and slot is not None:
+            return slot
+    raise RigError(f"no empty slot to make a token in: {listing.strip()}")
 
 
 # --- opencryptoki soft token ------------------------------------------------------------------

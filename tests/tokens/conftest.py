@@ -29,4 +29,9 @@ def rig_home(rig: TokenRig) -> Path:
     """The vault home (keyring, config) shared by every test on one rig."""
     home = rig.folder / "vault-home"
     home.mkdir(exist_ok=True)
+    for model in rig.officer_allows:  # the officer's decision, as docs/tokens.md tells it
+        allowed = rig.run(
+            "config", "set", "allow-unreported-local", model, env={"HSM_VAULT_HOME": str(home)}
+        )
+        assert allowed.returncode == 0, allowed.stderr
     return home

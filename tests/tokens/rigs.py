@@ -72,6 +72,8 @@ class TokenRig:
     folder: Path
     prefix: tuple[str, ...] = ()
     make_token: Callable[[str], None] | None = field(default=None, repr=False)
+    officer_allows: tuple[str, ...] = ()
+    """Token models an officer allows although they report CKA_LOCAL false (config file)."""
 
     @property
     def label(self) -> str:
@@ -472,7 +474,9 @@ def nss_rig(folder: Path, label: str = "nss-a") -> Iterator[TokenRig]:
         "HSM_VAULT_PKCS11_MODULE": P11KIT_PROXY,
         "HSM_VAULT_PIN": pin,
     }
-    yield TokenRig("nss", P11KIT_PROXY, env, (label,), pin, None, folder, prefix)
+    yield TokenRig(
+        "nss", P11KIT_PROXY, env, (label,), pin, None, folder, prefix, officer_allows=("NSS 3",)
+    )
 
 
 RIGS: dict[str, Callable[[Path], contextlib.AbstractContextManager[TokenRig]]] = {

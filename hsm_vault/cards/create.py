@@ -68,6 +68,7 @@ def check_key_protection(key: TokenKey) -> None:
         name
         for name in ("local", "never_extractable", "always_sensitive")
         if not getattr(key, name)
+        and not (name == "local" and getattr(key, "local_not_reported", False))
     ]
     # KeyInfo also reports the current CKA_SENSITIVE / CKA_EXTRACTABLE; honour them when present.
     if not getattr(key, "sensitive", True):
@@ -157,6 +158,7 @@ def create_card(
         local=bool(key.local),
         never_extractable=bool(key.never_extractable),
         always_sensitive=bool(key.always_sensitive),
+        local_not_reported=bool(getattr(key, "local_not_reported", False)),
     )
     previous_card: Card | None = None
     if previous is not None:

@@ -198,21 +198,32 @@ class TokenProvenance:
     local: bool
     never_extractable: bool
     always_sensitive: bool
+    local_not_reported: bool = False
+    """The token's model reports CKA_LOCAL false even for keys it generated (NSS does), and an
+    officer allowed that model: `local` is false because the token cannot say, not because
+    the key was imported."""
 
     def __post_init__(self) -> None:
         for name in ("manufacturer", "model", "serial"):
             _text_field(getattr(self, name), f"token {name}", 64, empty=True)
-        for name in ("local", "never_extractable", "always_sensitive"):
+        for name in ("local", "never_extractable", "always_sensitive", "local_not_reported"):
             if not isinstance(getattr(self, name), bool):
                 raise CardFormatError(f"the provenance field {name} must be true or false")
+        if self.local and self.local_not_reported:
+            raise CardFormatError("provenance: local_not_reported with local true")
 
     @property
     def protected(self) -> bool:
         """True when the token said the key was made on it and can never leave it."""
-        return self.local and self.never_extractable and self.always_sensitive
+        made_here = self.local or self.local_not_reported
+        return made_here and self.never_extractable and self.always_sensitive
+
+    @property
+    def local_text(self) -> str:
+        return "not reported by the token" if self.local_not_reported else str(self.local)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "always_sensitive": self.always_sensitive,
             "local": self.local,
             "manufacturer": self.manufacturer,
@@ -220,9 +231,18 @@ class TokenProvenance:
             "never_extractable": self.never_extractable,
             "serial": self.serial,
         }
+        if self.local_not_reported:  # absent otherwise: older cards keep their bytes and ids
+            body["local_not_reported"] = True
+        return body
 
     @classmethod
     def from_json(cls, obj: Any) -> TokenProvenance:
+        if isinstance(obj, dict) and "local_not_reported" in obj:
+            obj = dict(obj)
+            flag = obj.pop("local_not_reported")
+            if flag is not True:
+                raise CardFormatError("provenance: local_not_reported may only be present as true")
+            return replace(cls.from_json(obj), local_not_reported=True)
         obj = _exact_keys(
             obj,
             (

@@ -167,11 +167,20 @@ def _reason(exc: Exception) -> str:
 def _try_generate(
     session: Any, key_type: KeyType, reasons: dict[str, str]
 ) -> tuple[Any, TemplateVariant] | None:
-    for variant in GENERAL_TEMPLATES:
-        try:
-            return generate_pair(session, key_type, variant, token=False), variant
-        except p11e.PKCS11Error as exc:
-            reasons[str(key_type)] = f"key generation: {_reason(exc)}"
+    """A throw-away pair: a session object where the token makes them, else a token object
+    (tpm2-pkcs11 refuses CKA_TOKEN false), which the caller destroys at once."""
+    last: Exception | None = None
+    for token in (False, True):
+        for variant in GENERAL_TEMPLATES:
+            try:
+                made = generate_pair(
+                    session, key_type, variant, token=token, label="hsm-vault-probe",
+                    key_id=secrets.token_bytes(16),
+                )  # fmt: skip
+                return made, variant
+            except p11e.PKCS11Error as exc:
+                last = exc
+    reasons[str(key_type)] = f"key generation: {_reason(last)}" if last else "not offered"
     return None
 
 

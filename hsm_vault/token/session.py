@@ -211,6 +211,15 @@ class TokenSession:
         )
         return cannot(self.info, what, reason, hint)
 
+    def _cannot_generate(self, key_type: KeyType, caps: Capabilities) -> TokenCannot:
+        best = caps.best_key_type()
+        return cannot(
+            self.info,
+            f"generate {key_type} keys",
+            caps.why_not(str(key_type) if caps.generates else "generate"),
+            f"Choose a type it can make, e.g. --type {best}" if best else None,
+        )
+
     def check_can_decrypt(self, key: KeyInfo) -> None:
         """Raise `TokenCannot` if the token cannot unwrap file keys with `key`, by trying it."""
         if key.key_type.is_ec:
@@ -338,16 +347,7 @@ class TokenSession:
         """
         known = self.known_capabilities()
         if known is not None and not known.can_generate(key_type):
-            best = known.best_key_type()
-            why = known.why_not(str(key_type))
-            if not known.generates:
-                why = known.why_not("generate")
-            raise cannot(
-                self.info,
-                f"generate {key_type} keys",
-                why,
-                f"Choose a type it can make, e.g. --type {best}" if best else None,
-            )
+            raise self._cannot_generate(key_type, known)
         if self.piv:
             key_id, label = self._piv_slot_for_new_key(slot, force), None
         else:
@@ -367,8 +367,13 @@ class TokenSession:
                     )
                 break
             except (TokenCannot, TokenOperationFailed):
-                if n == len(variants):
-                    raise
+                if n < len(variants):
+                    continue
+                if known is None:  # learn why: a limit of the token is said as such
+                    measured = self.capabilities()
+                    if not measured.can_generate(key_type):
+                        raise self._cannot_generate(key_type, measured) from None
+                raise
         info = self._describe(self._private_objects({Attribute.ID: key_id})[0])
         if not info.protected:
             self._destroy(info)

@@ -140,6 +140,21 @@ class KeyringError(CardError):
     hint = "Check the keyring folder; 'hsm-vault card list' reports entries it cannot read."
 
 
+class PolicyFormatError(CardFormatError):
+    """A signed server policy that is malformed, not canonical, or of an unknown version."""
+
+    hint = "The server sent a broken policy: tell your security officer."
+
+
+class PolicyVerificationError(CardVerificationError):
+    """A server policy that must not be accepted (signatures, serial, quorum)."""
+
+    hint = (
+        "Do not trust this server's cards until your security officers confirm the policy "
+        "('hsm-vault policy show')."
+    )
+
+
 # --- envelope (file format) -------------------------------------------------------------------
 
 

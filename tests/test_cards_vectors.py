@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hsm_vault.cards import Card, RevocationStatement, TrustPolicy, verify_card, verify_revocation
+from hsm_vault.cards import Card, RevocationStatement
 from hsm_vault.errors import CardFormatError, CardVerificationError
+from hsm_vault.trust import TrustPolicy, verify_card, verify_revocation
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors" / "cards"

@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "whoami": "account",
     "server": "server",
     "store": "store",
+    "policy": "policy",
 }
 
 

@@ -151,7 +151,8 @@ def sign(
         held = anchors.policy
         if held is None or proposal.serial != held.serial + 1 or proposal.body.previous != held.id:
             raise PolicyVerificationError("the proposal does not follow the policy pinned here")
-        print_policy(proposal, "proposed")
+        if not json_out:
+            print_policy(proposal, "proposed")
         if not yes:
             typer.confirm("Sign this policy on your token?", default=False, abort=True)
         username = config.username or ""

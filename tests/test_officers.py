@@ -122,6 +122,13 @@ def test_a_card_needs_two_officers_and_no_one_approves_their_own(officers: Offic
     with oscar.client() as client:
         assert client.get_card(own).status == "pending"
         assert "officer:" not in json.dumps(client.get_card(own).card_text)
+    # Officers see a pending card, and reject it: they do not revoke it.
+    status, out = cli(olga, "card", "show", own)
+    assert status == 0 and "pending" in out and oscar.name in out
+    status, out = cli(olga, "card", "revoke", own, "--server-signs")
+    assert status != 0 and "reject it instead" in out
+    status, out = cli(olga, "card", "reject", own, "--reason", "a second card")
+    assert status == 0, out
 
     # The second officer: approved, and every client verifies both approvals.
     status, out = cli(oscar, "card", "approve", card_id)

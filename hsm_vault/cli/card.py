@@ -6,6 +6,7 @@ find / approve ...) add their commands to the same `card` group.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +40,7 @@ from hsm_vault.cli.common import (
 from hsm_vault.config import Config, write_private_file
 from hsm_vault.errors import (
     CardError,
+    CardNotFound,
     FileExistsRefused,
     UsageError,
 )
@@ -400,8 +402,17 @@ def list_cards(json_out: JsonOpt = False) -> None:
 
 @card_app.command("show")
 def show(ref: RefArg, json_out: JsonOpt = False) -> None:
-    """Everything a card says, and what the keyring knows about it."""
-    entry = Keyring().resolve(ref, allow_revoked=True)
+    """Everything a card says, and what the keyring knows about it. A full card id that is not
+    in the keyring is asked of the server (officers see pending cards there)."""
+    try:
+        entry = Keyring().resolve(ref, allow_revoked=True)
+    except CardNotFound:
+        if re.fullmatch(r"[0-9a-f]{64}", ref.lower()) is None or not Config.load().api_token:
+            raise
+        from hsm_vault.cli.card_server import show_from_server
+
+        show_from_server(ref.lower(), json_out)
+        return
     if json_out:
         print_json(entry_summary(entry))
         return

@@ -430,6 +430,33 @@ def refresh(json_out: JsonOpt = False) -> None:
         console.print(f"{row['id'][:16]}  {row['status']}{extra}")
 
 
+def show_from_server(card_id: str, json_out: bool) -> None:
+    """`card show` of a card the keyring lacks: the server's record, its self signature
+    checked, its approvals listed; approved cards are verified under the pinned policy."""
+    from hsm_vault.cli.card import _print_card, card_summary
+    from hsm_vault.trust import TrustPolicy, verify_card
+
+    client, anchors, _ = _client_and_trust()
+    with client:
+        entry = client.get_card(card_id)
+    card = parse_stated(entry, expect_id=card_id)
+    policy = TrustPolicy.self_only()
+    if entry.status == "approved":
+        policy = anchors.card_policy()
+        verify_entry(entry, policy, expect_id=card_id)
+    else:
+        verify_card(card, policy)
+    if json_out:
+        print_json({**card_summary(card, policy), **_entry_json(entry)})
+        return
+    _print_card(card, policy)
+    console.print(
+        f"on the server  {entry.status}, owner {entry.owner}, published {entry.published_at}"
+    )
+    if entry.status == "pending":
+        console.print("not yet valid: it waits for officer approvals")
+
+
 _COMMANDS: dict[str, Callable[..., None]] = {
     "publish": publish,
     "find": find,

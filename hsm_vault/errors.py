@@ -219,6 +219,6 @@ class ServerUnreachable(ServerError):
 
 class ServerTrustError(ServerError):
     hint = (
-        "The server's answer did not verify against the pinned application key: do not use it; "
-        "tell your security officer."
+        "The server's answer did not verify against the pinned application key and server "
+        "policy: do not use it; tell your security officer."
     )

@@ -198,8 +198,10 @@ def logout(json_out: JsonOpt = False) -> None:
 
 
 def whoami(json_out: JsonOpt = False) -> None:
-    """Show the account the stored API token belongs to, the pinned application key, and the
-    server policy (brought up to date along its verified chain)."""
+    """Show your account, the pinned application key and the server policy.
+
+    The policy is first brought up to date along its verified chain from the pinned one.
+    """
     from hsm_vault.cli.policy import policy_summary
     from hsm_vault.client import VaultClient
     from hsm_vault.client.pinning import update_policy

@@ -225,8 +225,11 @@ def propose(
     body = held.body.successor(
         created_at=now_utc(), approvals=approvals, add=tuple(officers), remove=remove
     )
-    if body.approvals == 0 and held.body.approvals > 0 and not held.body.complete:
-        raise UsageError("approvals 0 can only be chosen at 'server init'")
+    if held.body.complete and not body.complete:
+        raise UsageError(
+            f"the new policy would name {len(body.officers)} officers for {body.approvals} "
+            "approvals: a policy that has its officers must keep enough of them"
+        )
     for proposal in db.scalars(select(PolicyProposal).where(PolicyProposal.status == "open")):
         proposal.status = "replaced"
     policy = SignedPolicy(body)

@@ -417,7 +417,7 @@ def accept_policy(held: SignedPolicy, new: SignedPolicy, app_spki: bytes) -> Non
 
     P5: `new` is the very next policy (serial + 1, naming `held` as previous). P4: signed by
     the application key. P6: every officer signature is by an officer of `held` and verifies.
-    P7: at least `held.approvals` of them, once `held` is complete.
+    P7: at least `held.approvals` of them once `held` is complete, and `new` complete too.
     """
     if new.serial <= held.serial:
         raise PolicyVerificationError(
@@ -433,6 +433,12 @@ def accept_policy(held: SignedPolicy, new: SignedPolicy, app_spki: bytes) -> Non
         raise PolicyVerificationError(
             f"policy {new.serial} carries {len(approvers)} of the {held.body.approvals} "
             f"officer signatures policy {held.serial} requires"
+        )
+    if held.body.complete and not new.body.complete:
+        # Back in the bootstrap the application key alone would sign the next change.
+        raise PolicyVerificationError(
+            f"policy {new.serial} names fewer officers than the approvals it requires: "
+            "once complete, a policy must stay complete"
         )
 
 

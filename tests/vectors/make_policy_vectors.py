@@ -283,6 +283,18 @@ def build() -> None:
         sign(SignedPolicy(p4_body), "app", APP).to_text(),
         held,
     )
+    back = p3.body.successor(created_at=LATER, approvals=3)
+    vector(
+        "p7-back-to-bootstrap",
+        "P7",
+        "verification failure",
+        "the quorum signs a policy needing 3 approvals from 2 officers (the app key alone "
+        "would then sign the next change)",
+        sign(
+            sign(sign(SignedPolicy(back), "officer:olga", OLGA), "officer:oscar", OSCAR), "app", APP
+        ).to_text(),
+        held,
+    )
     vector(
         "p7-one-of-two",
         "P7",

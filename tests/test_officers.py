@@ -19,8 +19,10 @@ import pytest
 from server_fixture import HSM_VAULT, Account, RunningServer, start_server, unique
 from typer.testing import CliRunner
 
-from hsm_vault.algorithms import KeyType
+from hsm_vault.algorithms import KeyType, SignatureAlgorithm
+from hsm_vault.cards import Card, CardSignature, key_id_of
 from hsm_vault.cli.main import app
+from hsm_vault.errors import RequestRejected
 from hsm_vault.token import open_session
 
 runner = CliRunner()
@@ -104,6 +106,19 @@ def test_a_card_needs_two_officers_and_no_one_approves_their_own(officers: Offic
     row = next(r for r in json.loads(out) if r["id"] == card_id)
     assert row["token_protected"] is True and len(row["key_fingerprint_sha256"]) == 64
 
+    # An approval that does not verify is refused and nothing is stored.
+    with olga.client() as client:
+        me = client.policy().body.officer(olga.name)
+        bogus = CardSignature(
+            f"officer:{olga.name}",
+            key_id_of(me.spki_der),
+            SignatureAlgorithm.ECDSA_SHA256,
+            b"\x30\x06\x02\x01\x01\x02\x01\x01",
+        )
+        with pytest.raises(RequestRejected, match="does not verify"):
+            client.approve_card(card_id, bogus)
+        assert Card.from_text(client.get_card(card_id).card_text).signers == ("self",)
+
     # One officer: recorded, still pending, not usable by clients.
     status, out = cli(olga, "card", "approve", card_id)
     assert status == 0, out
@@ -121,7 +136,7 @@ def test_a_card_needs_two_officers_and_no_one_approves_their_own(officers: Offic
     assert status != 0 and "own card" in out
     with oscar.client() as client:
         assert client.get_card(own).status == "pending"
-        assert "officer:" not in json.dumps(client.get_card(own).card_text)
+        assert Card.from_text(client.get_card(own).card_text).signers == ("self",)
     # Officers see a pending card, and reject it: they do not revoke it.
     status, out = cli(olga, "card", "show", own)
     assert status == 0 and "pending" in out and oscar.name in out
@@ -158,7 +173,6 @@ def test_a_card_signed_by_the_app_key_alone_is_refused_by_clients(
     officers: Officers, tmp_path: Path
 ) -> None:
     """A compromised server signs a card it made itself and puts it straight in its database."""
-    from hsm_vault.cards import CardSignature, key_id_of
     from hsm_vault.server.db import CardRecord, CardStatus, utcnow
 
     mallory = officers.server.enrol(unique("mallory"))
@@ -167,8 +181,6 @@ def test_a_card_signed_by_the_app_key_alone_is_refused_by_clients(
     try:
         with sessions() as db:
             record = db.get(CardRecord, card_id)
-            from hsm_vault.cards import Card
-
             card = Card.from_text(record.text)
             signature, key = _app_key_sign(officers, card.signing_message("app"))
             signed = card.with_signature(
@@ -209,7 +221,6 @@ def test_a_policy_change_needs_the_quorum_and_a_forged_one_is_refused(officers: 
     assert json.loads(out)["serial"] == 4 and json.loads(out)["approvals"] == 1
 
     # A forgery: policy 5 with no officers and no approvals, signed by the app key alone.
-    from hsm_vault.cards import CardSignature, key_id_of
     from hsm_vault.cards.model import now_utc
     from hsm_vault.server.approvals import PolicyRecord, current_policy
     from hsm_vault.server.db import utcnow

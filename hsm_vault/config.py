@@ -68,6 +68,9 @@ class Config:
     app_key_spki: str | None = None
     ca_bundle: str | None = None
     username: str | None = None
+    allow_unreported_local: tuple[str, ...] = ()
+    """Token models (as `token info` names them) whose keys count as made on the token
+    although the token reports CKA_LOCAL false (NSS softokn does, even for its own keys)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     _FIELDS = (
@@ -79,6 +82,7 @@ class Config:
         "app_key_spki",
         "ca_bundle",
         "username",
+        "allow_unreported_local",
     )
 
     def __repr__(self) -> str:
@@ -99,10 +103,18 @@ class Config:
             raise ConfigError(f"config file {path} is not a JSON object")
         known = {k: raw.pop(k) for k in cls._FIELDS if k in raw}
         raw.pop("version", None)
-        return cls(**known, extra=raw)
+        allowed = known.pop("allow_unreported_local", [])
+        if not isinstance(allowed, list) or not all(isinstance(m, str) for m in allowed):
+            raise ConfigError(
+                f"config file {path}: allow_unreported_local must be a list of models"
+            )
+        return cls(**known, allow_unreported_local=tuple(allowed), extra=raw)
 
     def save(self, path: Path | None = None) -> None:
         path = path or config_path()
         body = {"version": CONFIG_VERSION, **self.extra}
         body.update({k: getattr(self, k) for k in self._FIELDS if getattr(self, k) is not None})
+        body["allow_unreported_local"] = list(self.allow_unreported_local)
+        if not self.allow_unreported_local:
+            del body["allow_unreported_local"]
         write_private_file(path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())

@@ -54,8 +54,8 @@ class TokenLayerError(HsmVaultError):
 
 class ModuleNotFound(TokenLayerError):
     hint = (
-        "Pass --module PATH, set HSM_VAULT_PKCS11_MODULE, set 'module' in the config file, "
-        "or register the module with p11-kit."
+        "Pass --module PATH, set HSM_VAULT_PKCS11_MODULE, save one with "
+        "'hsm-vault config set module PATH', or register the module with p11-kit."
     )
 
 
@@ -103,6 +103,13 @@ class KeyPolicyError(TokenLayerError):
 
 class UnsupportedMechanism(TokenLayerError):
     hint = "Run 'hsm-vault token info' to see which operations this token supports."
+
+
+class TokenCannot(UnsupportedMechanism):
+    """The token lacks what an operation needs (a mechanism, a key size, a function).
+
+    Never a sign of a damaged file: the message names the token and its model.
+    """
 
 
 class TokenOperationFailed(TokenLayerError):

@@ -54,7 +54,8 @@ SUFFIX = ".hsmv"
 
 def recipient_for(card: Card) -> Recipient:
     """The envelope recipient for a card; refuses a card not meant for encryption."""
-    scope = {str(s) for s in getattr(card.snapshot, "scope", ("encrypt",))}
+    # A card that states no scope is not for encryption: absence never grants a use.
+    scope = {str(s) for s in getattr(card.snapshot, "scope", None) or ()}
     if "encrypt" not in scope:
         raise CardError(
             f"card {card.id[:16]} ({card.identity}) is not for encryption",
@@ -118,7 +119,7 @@ class TokenSigner:
             card_id=bytes.fromhex(card.id),
             key_id=card.key_id,
             algorithm=algorithm,
-            signature_length=SignerReference.length_for(algorithm, key.key_type),
+            signature_length=SignerReference.length_for(key.key_type),
         )
 
     @property
@@ -130,17 +131,6 @@ class TokenSigner:
 
 
 # --- files --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where output goes: a path, or stdout when `path` is None."""
-
-    path: Path | None
-
-    @property
-    def display(self) -> str:
-        return str(self.path) if self.path else "<stdout>"
 
 
 def _check_output(src: Path | None, dst: Path | None, force: bool) -> None:

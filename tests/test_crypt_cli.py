@@ -179,6 +179,15 @@ def test_decrypt_with_one_chosen_key(cards, work: Path) -> None:
     assert out.stdout == b"two keys"
 
 
+def test_key_uri_without_a_token_takes_the_token_from_the_keyring(cards, work: Path) -> None:
+    # pkcs11:object=... names no token: the keyring says which token holds the card's key.
+    src = work / "f"
+    src.write_bytes(b"bob's")
+    run("encrypt", "--to", cards["bob-p256"].id, str(src))
+    out = run("decrypt", "--key", "pkcs11:object=bob-p256", "-o", "-", str(work / "f.hsmv"))
+    assert out.stdout == b"bob's"
+
+
 def test_tampered_file_fails_and_writes_nothing(cards, work: Path) -> None:
     src = work / "f"
     src.write_bytes(os.urandom(2_500_000))

@@ -110,7 +110,7 @@ class _Signer:
             hashlib.sha256(b"card" + self.spki).digest(),
             hashlib.sha256(self.spki).digest(),
             alg,
-            SignerReference.length_for(alg, kt),
+            SignerReference.length_for(kt),
         )
 
     def sign(self, message: bytes) -> bytes:

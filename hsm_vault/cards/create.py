@@ -54,6 +54,8 @@ class SigningSession(Protocol):
 
     def oaep_hash(self, key: Any) -> str: ...
 
+    def check_can_decrypt(self, key: Any) -> None: ...
+
 
 def default_identity_type(identity: str) -> IdentityType:
     """email if the identity has an @, otherwise username."""
@@ -66,6 +68,7 @@ def check_key_protection(key: TokenKey) -> None:
         name
         for name in ("local", "never_extractable", "always_sensitive")
         if not getattr(key, name)
+        and not (name == "local" and getattr(key, "local_not_reported", False))
     ]
     # KeyInfo also reports the current CKA_SENSITIVE / CKA_EXTRACTABLE; honour them when present.
     if not getattr(key, "sensitive", True):
@@ -144,6 +147,9 @@ def create_card(
     `previous` is (old card, old card's key on a token of the same session).
     """
     check_key_protection(key)
+    scope = tuple(scope)
+    if Scope.ENCRYPT in {_enum(Scope, s, "scope") for s in scope}:
+        session.check_can_decrypt(key)  # a card others encrypt to must be decryptable
     info = session.info
     provenance = TokenProvenance(
         manufacturer=str(info.manufacturer).strip(),
@@ -152,6 +158,7 @@ def create_card(
         local=bool(key.local),
         never_extractable=bool(key.never_extractable),
         always_sensitive=bool(key.always_sensitive),
+        local_not_reported=bool(getattr(key, "local_not_reported", False)),
     )
     previous_card: Card | None = None
     if previous is not None:

@@ -18,8 +18,10 @@ from types import MappingProxyType
 from typing import Any
 
 from hsm_vault.algorithms import (
+    OAEP_HASHES,
     KeyType,
     SignatureAlgorithm,
+    key_id_of,
     key_type_of,
     load_spki,
     spki_fingerprint,
@@ -78,9 +80,6 @@ class RevocationReason(StrEnum):
     UNSPECIFIED = "unspecified"
     KEY_COMPROMISE = "key-compromise"
     SUPERSEDED = "superseded"
-
-
-OAEP_HASHES = ("sha1", "sha256")
 
 
 # --- small field checks --------------------------------------------------------------------------
@@ -176,11 +175,6 @@ def _load_public_key(spki_der: bytes) -> Any:
         raise CardFormatError("the public key is of an unknown algorithm") from None
 
 
-def key_id_of(spki_der: bytes) -> bytes:
-    """The key id hsm-vault uses everywhere: SHA-256 of the DER SubjectPublicKeyInfo."""
-    return hashlib.sha256(spki_der).digest()
-
-
 def short_form(hex_digest: str, groups: int = 6) -> str:
     """A digest cut to `groups` groups of four upper-case hex digits, for reading aloud."""
     upper = hex_digest.upper()
@@ -203,21 +197,32 @@ class TokenProvenance:
     local: bool
     never_extractable: bool
     always_sensitive: bool
+    local_not_reported: bool = False
+    """The token's model reports CKA_LOCAL false even for keys it generated (NSS does), and an
+    officer allowed that model: `local` is false because the token cannot say, not because
+    the key was imported."""
 
     def __post_init__(self) -> None:
         for name in ("manufacturer", "model", "serial"):
             _text_field(getattr(self, name), f"token {name}", 64, empty=True)
-        for name in ("local", "never_extractable", "always_sensitive"):
+        for name in ("local", "never_extractable", "always_sensitive", "local_not_reported"):
             if not isinstance(getattr(self, name), bool):
                 raise CardFormatError(f"the provenance field {name} must be true or false")
+        if self.local and self.local_not_reported:
+            raise CardFormatError("provenance: local_not_reported with local true")
 
     @property
     def protected(self) -> bool:
         """True when the token said the key was made on it and can never leave it."""
-        return self.local and self.never_extractable and self.always_sensitive
+        made_here = self.local or self.local_not_reported
+        return made_here and self.never_extractable and self.always_sensitive
+
+    @property
+    def local_text(self) -> str:
+        return "not reported by the token" if self.local_not_reported else str(self.local)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "always_sensitive": self.always_sensitive,
             "local": self.local,
             "manufacturer": self.manufacturer,
@@ -225,9 +230,18 @@ class TokenProvenance:
             "never_extractable": self.never_extractable,
             "serial": self.serial,
         }
+        if self.local_not_reported:  # absent otherwise: older cards keep their bytes and ids
+            body["local_not_reported"] = True
+        return body
 
     @classmethod
     def from_json(cls, obj: Any) -> TokenProvenance:
+        if isinstance(obj, dict) and "local_not_reported" in obj:
+            obj = dict(obj)
+            flag = obj.pop("local_not_reported")
+            if flag is not True:
+                raise CardFormatError("provenance: local_not_reported may only be present as true")
+            return replace(cls.from_json(obj), local_not_reported=True)
         obj = _exact_keys(
             obj,
             (

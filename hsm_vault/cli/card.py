@@ -177,7 +177,7 @@ def _print_card(card: Card, policy: TrustPolicy | None = None) -> None:
     prov = card.snapshot.provenance
     console.print(
         f"token        {prov.manufacturer} / {prov.model} / serial {prov.serial or '-'}; "
-        f"local={prov.local} never_extractable={prov.never_extractable} "
+        f"local={prov.local_text} never_extractable={prov.never_extractable} "
         f"always_sensitive={prov.always_sensitive}"
     )
     approvers = [

@@ -52,6 +52,7 @@ def stderr_is_terminal() -> bool:
     """True when stderr is a terminal (progress bars and chatter go there), without rich."""
     return sys.stderr.isatty()
 
+
 ModuleOpt = Annotated[
     str | None,
     typer.Option(
@@ -129,6 +130,18 @@ def progress_bar(
         yield lambda n: bar.advance(task, n)
 
 
+def root_option(name: str, value: str | None) -> str | None:
+    """`value` if the command's own option was given, else the same option given before the
+    subcommand (`hsm-vault --module M token list`)."""
+    if value is not None:
+        return value
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj.get(name) if isinstance(obj, dict) else None
+
+
 @contextmanager
 def token_session(module: str | None, token: str | None, pin_file: Path | None) -> Iterator[Any]:
     """Open a logged-in session on the chosen token, with config-file defaults."""
@@ -136,21 +149,23 @@ def token_session(module: str | None, token: str | None, pin_file: Path | None) 
 
     config = Config.load()
     with open_session(
-        token,
-        module=module,
+        root_option("token", token),
+        module=root_option("module", module),
         pin=PinSource(pin_file=pin_file),
         configured_module=config.module,
         configured_token=config.token,
+        allow_unreported_local=config.allow_unreported_local,
     ) as session:
         yield session
 
 
-def split_token_from_key(key: str, token: str | None) -> str | None:
-    """A key URI may name its token (pkcs11:token=alice;object=k); use it if --token is not set."""
-    if token is None and key.lower().startswith("pkcs11:"):
+def split_token_from_key(key: str | None, token: str | None) -> str | None:
+    """The token to open for `key`: --token if given, else the token a key URI names
+    (pkcs11:token=alice;object=k, or serial=, manufacturer=, model=), else None."""
+    if token is None and key is not None and key.lower().startswith("pkcs11:"):
         from hsm_vault.token.uri import parse_uri
 
         uri = parse_uri(key)
-        if uri.token or uri.serial:
+        if uri.token or uri.serial or uri.manufacturer or uri.model:
             return key
     return token

@@ -22,6 +22,7 @@ from hsm_vault.cli.common import (
     err_console,
     print_json,
     progress_bar,
+    split_token_from_key,
     stderr_is_terminal,
     token_session,
 )
@@ -274,7 +275,7 @@ def encrypt(
         return
     from hsm_vault.vault import TokenSigner
 
-    with token_session(module, token or _token_of(sign_with), pin_file) as session:
+    with token_session(module, split_token_from_key(sign_with, token), pin_file) as session:
         key = session.find_key(sign_with)
         run(TokenSigner(session, key, _own_card_for(key.spki_der)))
 
@@ -306,11 +307,6 @@ def _encrypt_upload(
             replace=replace,
         )
     return meta
-
-
-def _token_of(ref: str | None) -> str | None:
-    """A pkcs11: URI names its token; pass it on so the right token is opened."""
-    return ref if ref and ref.lower().startswith("pkcs11:") else None
 
 
 def decrypt(
@@ -368,7 +364,7 @@ def decrypt(
         plan = _plan(_inputs(files), output, out_dir, default_decrypt_output)
     for _, dst in plan:
         _refuse_terminal(dst)
-    chosen = token or _token_of(key)
+    chosen = split_token_from_key(key, token)
     if chosen is None:
         chosen = _own_token_for(_recipients_of(from_store, [src for src, _ in plan if src]))
     with token_session(module, chosen, pin_file) as session:

@@ -23,7 +23,7 @@ from hsm_vault.cli.common import (
     split_token_from_key,
     token_session,
 )
-from hsm_vault.errors import FileExistsRefused, UsageError
+from hsm_vault.errors import FileExistsRefused, TokenCannot, UsageError
 
 key_app = typer.Typer(
     help="Manage key pairs on a token. Private keys are made on the token and never leave it.",
@@ -46,6 +46,7 @@ def key_summary(key: Any) -> dict[str, Any]:
         "token": key.token.label,
         "fingerprint_sha256": key.fingerprint,
         "capabilities": list(key.capabilities),
+        "local_not_reported": key.local_not_reported,
         "attributes": {
             "local": key.local,
             "never_extractable": key.never_extractable,
@@ -60,8 +61,15 @@ def key_summary(key: Any) -> dict[str, Any]:
 def generate(
     label: Annotated[str, typer.Argument(help="Label for the new key (unique on the token).")],
     key_type: Annotated[
-        KeyType, typer.Option("--type", help="Key type.", case_sensitive=False)
-    ] = KeyType.EC_P256,
+        KeyType | None,
+        typer.Option(
+            "--type",
+            help="Key type (default: the best type the token can both generate and decrypt "
+            "with: ec-p256 where it can; 'hsm-vault token info' shows the choice).",
+            case_sensitive=False,
+            show_default=False,
+        ),
+    ] = None,
     token: TokenOpt = None,
     module: ModuleOpt = None,
     pin_file: PinFileOpt = None,
@@ -73,16 +81,35 @@ def generate(
     the token did not protect is deleted again and the command fails.
     """
     with token_session(module, token, pin_file) as ts:
-        if not json_out and key_type.value.startswith("rsa-4096"):
+        chosen = key_type
+        if chosen is None:
+            chosen = ts.capabilities().best_key_type()
+            if chosen is None:
+                raise TokenCannot(
+                    f"token {ts.info.label!r} ({ts.info.model_name}) cannot decrypt with any key "
+                    "type it generates",
+                    hint="Run 'hsm-vault token info' for the reasons; use another token.",
+                )
+            if not json_out:
+                console.print(
+                    f"key type: {chosen} (the best this token generates and decrypts with)"
+                )
+        if not json_out and chosen is KeyType.RSA_4096:
             console.print("generating an RSA-4096 key on the token; this can take a while...")
-        key = ts.generate_key(label, key_type)
+        key = ts.generate_key(label, chosen)
     if json_out:
         print_json(key_summary(key))
         return
     console.print(f"generated {key.key_type} key {key.label!r} on token {key.token.label!r}")
     console.print(f"  uri:         {key.uri}")
     console.print(f"  fingerprint: {key.fingerprint}")
-    console.print("  local, never extractable, always sensitive: yes")
+    if key.local_not_reported:
+        console.print(
+            "  never extractable, always sensitive: yes; local: not reported by the token "
+            "(allowed for this model in the config)"
+        )
+    else:
+        console.print("  local, never extractable, always sensitive: yes")
 
 
 @key_app.command("list")

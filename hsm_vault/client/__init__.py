@@ -60,6 +60,7 @@ _STATUS_ERRORS: dict[int, type[ServerError]] = {
     403: PermissionDenied,
     404: NotFoundOnServer,
     409: ConflictOnServer,
+    412: ConflictOnServer,
     413: TooLarge,
     422: RequestRejected,
 }

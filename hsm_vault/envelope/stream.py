@@ -263,7 +263,7 @@ class _Writer(threading.Thread):
 
 
 def _blocks(
-    reader: _Reader, block_size: int, trailer_length: int
+    reader: _Reader, trailer_length: int
 ) -> Iterator[tuple[memoryview, bool, bytearray | None]]:
     """Yield (block, is_last, buffer to recycle) from the reader's blocks.
 
@@ -310,7 +310,7 @@ def _run_pipeline(
     writer.start()
     trailer = b""
     try:
-        for block, last, recycle in _blocks(reader, in_size, trailer_length):
+        for block, last, recycle in _blocks(reader, trailer_length):
             body = block[: len(block) - trailer_length] if last else block
             out = writer.buffer()
             n = step(body, last, memoryview(out))

@@ -169,6 +169,21 @@ class KeyringError(CardError):
     hint = "Check the keyring folder; 'hsm-vault card list' reports entries it cannot read."
 
 
+class PolicyFormatError(CardFormatError):
+    """A signed server policy that is malformed, not canonical, or of an unknown version."""
+
+    hint = "The server sent a broken policy: tell your security officer."
+
+
+class PolicyVerificationError(CardVerificationError):
+    """A server policy that must not be accepted (signatures, serial, quorum)."""
+
+    hint = (
+        "Do not trust this server's cards until your security officers confirm the policy "
+        "('hsm-vault policy show')."
+    )
+
+
 # --- envelope (file format) -------------------------------------------------------------------
 
 
@@ -233,6 +248,6 @@ class ServerUnreachable(ServerError):
 
 class ServerTrustError(ServerError):
     hint = (
-        "The server's answer did not verify against the pinned application key: do not use it; "
-        "tell your security officer."
+        "The server's answer did not verify against the pinned application key and server "
+        "policy: do not use it; tell your security officer."
     )

@@ -18,17 +18,14 @@ from hsm_vault.cards import (
     CardSignature,
     RevocationStatement,
     TokenProvenance,
-    TrustPolicy,
     build_snapshot,
     key_id_of,
     make_revocation,
     sign_card,
-    verify_card,
-    verify_revocation,
-    verify_rotation,
 )
 from hsm_vault.cards.canonical import b64url_decode, b64url_encode
 from hsm_vault.errors import CardError, CardFormatError, CardVerificationError
+from hsm_vault.trust import TrustPolicy, verify_card, verify_revocation, verify_rotation
 
 PROVENANCE = TokenProvenance("SoftHSM project", "SoftHSM v2", "0123", True, True, True)
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hsm_vault.cards import Card, RevocationStatement, TrustPolicy, verify_card, verify_revocation
+from hsm_vault.cards import Card, RevocationStatement
 from hsm_vault.errors import CardFormatError, CardVerificationError
+from hsm_vault.trust import SignedPolicy, TrustPolicy, verify_card, verify_revocation
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors" / "cards"
@@ -38,6 +39,10 @@ def run_vector(fields: dict[str, list[str]]) -> None:
         required=frozenset(fields.get("require", [])),
         trusted={k: tuple(v) for k, v in trusted.items()},
     )
+    if "policy" in fields:
+        # A signed server policy: the app key and the officers' approvals it requires.
+        signed = SignedPolicy.from_text(fields["policy"][0])
+        policy = signed.card_trust(trusted["app"][0])
     if "revocation" in fields:
         card = Card.from_text(fields["card"][0])
         statement = RevocationStatement.from_text(fields["revocation"][0])
@@ -73,7 +78,7 @@ def test_there_are_vectors() -> None:
 
 def test_every_rule_has_a_vector() -> None:
     rules = set(re.findall(r"^- \*\*([A-Z]\d+)\*\*", SPEC.read_text(), flags=re.MULTILINE))
-    assert {"F1", "F14", "V1", "V7", "R1", "R2"} <= rules
+    assert {"F1", "F14", "V1", "V7", "V8", "V9", "R1", "R2"} <= rules
     covered = {read_vector(p)["rule"][0] for p in FILES}
     assert rules - covered == set(), f"rules without a vector: {sorted(rules - covered)}"
     assert covered - rules - {"ok"} == set()

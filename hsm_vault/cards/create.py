@@ -250,3 +250,26 @@ def revoke_card(
         lambda m: session.sign(key, m),
         created_at=created_at,
     )
+
+
+def approve_card(
+    session: SigningSession, key: TokenKey, card: Card, signer: str, own_card: Card
+) -> CardSignature:
+    """An officer's approval of `card`: `signer` (officer:<name>) signs the card id on the
+    token with the key of the officer's own card `own_card`. Returns the signature."""
+    if key.spki_der != own_card.spki_der:
+        raise UsageError(
+            f"key {key.label!r} is not the key of your officer card {own_card.id[:16]}",
+            hint="Approve with the token key your officer card was made for.",
+        )
+    signed = sign_card(
+        card,
+        signer,
+        key.spki_der,
+        key.key_type.signature_algorithm,
+        lambda m: session.sign(key, m),
+    )
+    signature = signed.signature_by(signer)
+    if signature is None:  # sign_card adds it: this is a bug, not bad input
+        raise CardVerificationError(f"no {signer!r} signature was made")
+    return signature

@@ -1,8 +1,8 @@
-"""The card model: snapshot, signatures, one-line export, and verification against a policy.
+"""The card model: snapshot, signatures and the one-line export.
 
-Pure code: no I/O, no token. The format is specified in docs/cards.md; every rule there that
-says "must reject" is enforced here, either when an object is constructed (`CardFormatError`)
-or by `verify_card` (`CardVerificationError`).
+Pure code: no I/O, no token. The format is specified in docs/cards.md; every format rule there
+that says "must reject" is enforced here when an object is constructed (`CardFormatError`).
+Whom to trust for which signature is decided in `hsm_vault.trust` (`verify_card`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from hsm_vault.algorithms import (
     key_type_of,
     load_spki,
     spki_fingerprint,
-    verify_signature,
 )
 from hsm_vault.cards.canonical import (
     b64url_decode,
@@ -617,120 +616,3 @@ class Card:
                 "the card id does not match its content (the card was changed)"
             )
         return card
-
-
-# --- trust policy and verification ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrustPolicy:
-    """Which signers a card must carry, and which public keys are trusted for each signer.
-
-    The "self" signature is always required and always checked against the card's own key.
-    Any signature by a signer listed in `trusted` is checked (and must verify) even if that
-    signer is not required; signatures by other signers are left unchecked.
-    """
-
-    required: frozenset[str] = frozenset()
-    trusted: Mapping[str, tuple[bytes, ...]] = field(default_factory=dict)
-    require_token_protection: bool = True
-
-    def __post_init__(self) -> None:
-        required = frozenset(check_signer(s) for s in self.required)
-        for reserved in (SELF, PREVIOUS):
-            if reserved in self.trusted:
-                raise CardFormatError(f"the {reserved!r} signature needs no trusted key")
-        trusted = {check_signer(k): tuple(v) for k, v in self.trusted.items()}
-        for signer in required - {SELF, PREVIOUS}:
-            if not trusted.get(signer):
-                raise CardFormatError(f"required signer {signer!r} has no trusted key")
-        for keys in trusted.values():
-            for spki in keys:
-                _load_public_key(spki)
-        object.__setattr__(self, "required", required)
-        object.__setattr__(self, "trusted", MappingProxyType(trusted))
-
-    @classmethod
-    def self_only(cls) -> TrustPolicy:
-        """Check the self signature only."""
-        return cls()
-
-    @classmethod
-    def with_app_key(cls, app_spki: bytes, *, required: bool = True) -> TrustPolicy:
-        """Trust `app_spki` for the "app" signer, and (by default) require that signature."""
-        return cls(
-            required=frozenset({"app"}) if required else frozenset(), trusted={"app": (app_spki,)}
-        )
-
-    def checked_signers(self, card: Card) -> tuple[str, ...]:
-        """The signers of `card` whose signatures `verify_card` checks under this policy."""
-        return tuple(
-            s.signer for s in card.signatures if s.signer == SELF or s.signer in self.trusted
-        )
-
-
-def _verify_one(card: Card, sig: CardSignature, spki_der: bytes, label: str) -> None:
-    if sig.key_id != key_id_of(spki_der):
-        raise CardVerificationError(f"the {label} signature names a different key")
-    try:
-        verify_signature(spki_der, sig.algorithm, card.signing_message(sig.signer), sig.signature)
-    except CardVerificationError:
-        raise CardVerificationError(f"the {label} signature does not verify") from None
-
-
-def verify_card(card: Card, policy: TrustPolicy, *, previous: Card | None = None) -> None:
-    """Verify `card` under `policy`; return None or raise.
-
-    Checks the self signature against the card's own key, every signature by a signer the
-    policy trusts, that every required signer signed, and rotation: a card naming a previous
-    card must carry a "previous" signature, which is checked when `previous` is given (and
-    `previous` must then be the card it names). Raises `CardVerificationError`.
-    """
-    if not isinstance(card, Card):
-        raise CardFormatError("not a card")
-    own = card.signature_by(SELF)
-    if own is None:
-        raise CardVerificationError("the card has no self signature")
-    _verify_one(card, own, card.spki_der, "self")
-    if policy.require_token_protection and not card.snapshot.provenance.protected:
-        raise CardVerificationError(
-            "the card says its key was not generated on the token or could be extracted"
-        )
-    prev_sig = card.signature_by(PREVIOUS)
-    if card.previous_id is None:
-        if prev_sig is not None:
-            raise CardVerificationError("a 'previous' signature on a card that rotates nothing")
-        if previous is not None:
-            raise CardVerificationError("the card does not name a previous card")
-    else:
-        if prev_sig is None:
-            raise CardVerificationError(
-                "the card replaces an earlier card but is not signed by the earlier card's key"
-            )
-        if previous is not None:
-            if previous.id != card.previous_id:
-                raise CardVerificationError("the previous card given is not the one this names")
-            if (previous.identity, previous.identity_type) != (card.identity, card.identity_type):
-                raise CardVerificationError("a rotated card must keep the previous identity")
-            _verify_one(card, prev_sig, previous.spki_der, "previous")
-    for signer in sorted(policy.required - {SELF, PREVIOUS}):
-        if card.signature_by(signer) is None:
-            raise CardVerificationError(f"the card lacks the required {signer!r} signature")
-    if PREVIOUS in policy.required and previous is None:
-        raise CardVerificationError("the previous card is needed to check the rotation")
-    for sig in card.signatures:
-        keys = policy.trusted.get(sig.signer)
-        if not keys:
-            continue
-        match = next((k for k in keys if key_id_of(k) == sig.key_id), None)
-        if match is None:
-            raise CardVerificationError(f"the {sig.signer!r} signature is by an untrusted key")
-        _verify_one(card, sig, match, repr(sig.signer))
-
-
-def verify_rotation(new: Card, old: Card) -> None:
-    """Check that `new` names `old` as its previous card and carries a valid "previous"
-    signature by `old`'s key (and a valid self signature). Raises `CardVerificationError`."""
-    if new.previous_id is None:
-        raise CardVerificationError("the card does not name a previous card")
-    verify_card(new, TrustPolicy(require_token_protection=False), previous=old)

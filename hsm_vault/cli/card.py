@@ -6,8 +6,7 @@ find / approve ...) add their commands to the same `card` group.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,10 +22,8 @@ from hsm_vault.cards import (
     RevocationReason,
     RevocationStatement,
     Scope,
-    TrustPolicy,
     create_card,
     revoke_card,
-    verify_card,
 )
 from hsm_vault.cli.common import (
     JsonOpt,
@@ -45,11 +42,12 @@ from hsm_vault.cli.common import (
 from hsm_vault.config import Config, write_private_file
 from hsm_vault.errors import (
     CardError,
-    CardFormatError,
-    ConfigError,
+    CardNotFound,
     FileExistsRefused,
     UsageError,
 )
+from hsm_vault.trust import TrustAnchors, TrustPolicy, verify_card
+from hsm_vault.trust.anchors import PINNED_POLICY_KEY
 
 card_app = typer.Typer(
     help="Identity cards: an identity bound to a token key, signed through the token.",
@@ -88,35 +86,30 @@ def read_source(source: str, prefix: str = "hsmv-card-") -> str:
     raise UsageError(f"{source[:40]!r} is neither a {prefix}... line nor a readable file")
 
 
-def _decode_spki(text: str) -> bytes:
-    """The pinned app key from the config: base64 DER (as `login` writes it), or hex."""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (ValueError, binascii.Error):
-        pass
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError("the pinned application key (app_key_spki) is malformed") from None
+def pinned_anchors() -> TrustAnchors | None:
+    """The application key and policy pinned at login (fingerprint-checked), or None."""
+    config = Config.load()
+    if not config.app_key_spki:
+        return None
+    return TrustAnchors.from_pinned(
+        config.app_key_spki, config.app_fingerprint, config.extra.get(PINNED_POLICY_KEY)
+    )
 
 
 def trust_policy(required: list[str] | None) -> TrustPolicy:
-    """Self signature always; the app key pinned in the config is trusted for "app"."""
-    config = Config.load()
-    trusted: dict[str, tuple[bytes, ...]] = {}
-    if config.app_key_spki:
-        trusted["app"] = (_decode_spki(config.app_key_spki),)
+    """Self signature always; the pinned app key is trusted for "app", the pinned policy's
+    officers for their approvals (required with "app")."""
     wanted = frozenset(required or ())
-    missing = sorted(s for s in wanted if s not in trusted and s not in ("self", "previous"))
-    if missing:
-        raise UsageError(
-            f"no trusted key for {', '.join(missing)}",
-            hint="Log in to the server first ('hsm-vault login') to pin its application key.",
-        )
-    try:
-        return TrustPolicy(required=wanted, trusted=trusted)
-    except CardFormatError as exc:
-        raise ConfigError(f"the pinned application key is unusable: {exc.message}") from None
+    anchors = pinned_anchors()
+    if anchors is None:
+        missing = sorted(s for s in wanted if s not in ("self", "previous"))
+        if missing:
+            raise UsageError(
+                f"no trusted key for {', '.join(missing)}",
+                hint="Log in to the server first ('hsm-vault login') to pin its application key.",
+            )
+        return TrustPolicy(required=wanted)
+    return anchors.trust_for(wanted)
 
 
 def card_summary(card: Card, policy: TrustPolicy | None = None) -> dict[str, Any]:
@@ -189,6 +182,11 @@ def _print_card(card: Card, policy: TrustPolicy | None = None) -> None:
         f"local={prov.local_text} never_extractable={prov.never_extractable} "
         f"always_sensitive={prov.always_sensitive}"
     )
+    approvers = [
+        s.signer.partition(":")[2] for s in card.signatures if s.signer.startswith("officer:")
+    ]
+    if approvers:
+        console.print(f"approved by  {', '.join(approvers)} (officers)")
     for sig in card.signatures:
         state = "verified" if sig.signer in checked else "unchecked"
         if policy is None:
@@ -411,8 +409,17 @@ def list_cards(json_out: JsonOpt = False) -> None:
 
 @card_app.command("show")
 def show(ref: RefArg, json_out: JsonOpt = False) -> None:
-    """Everything a card says, and what the keyring knows about it."""
-    entry = Keyring().resolve(ref, allow_revoked=True)
+    """Everything a card says, and what the keyring knows about it. A full card id that is not
+    in the keyring is asked of the server (officers see pending cards there)."""
+    try:
+        entry = Keyring().resolve(ref, allow_revoked=True)
+    except CardNotFound:
+        if re.fullmatch(r"[0-9a-f]{64}", ref.lower()) is None or not Config.load().api_token:
+            raise
+        from hsm_vault.cli.card_server import show_from_server
+
+        show_from_server(ref.lower(), json_out)
+        return
     if json_out:
         print_json(entry_summary(entry))
         return

@@ -62,7 +62,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and n
 
 def _card_from_ref(ref: str, keyring: Keyring) -> Card:
     """A card from a card file (one-line export, self signature checked) or the keyring."""
-    from hsm_vault.cards import Card, TrustPolicy, verify_card
+    from hsm_vault.cards import Card
+    from hsm_vault.trust import TrustPolicy, verify_card
 
     path = Path(ref)
     if ("/" in ref or ref.endswith((".card", ".txt"))) and path.is_file():

@@ -34,6 +34,7 @@ COMMAND_MODULES = {
     "server": "server",
     "store": "store",
     "config": "config",
+    "policy": "policy",
 }
 
 

@@ -85,7 +85,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and n
 
 def _card_by_id_or_file(ref: str, keyring: Keyring) -> Card:
     """A card named exactly (id or card file), whatever its status: the card being replaced."""
-    from hsm_vault.cards import Card, TrustPolicy, verify_card
+    from hsm_vault.cards import Card
+    from hsm_vault.trust import TrustPolicy, verify_card
 
     path = Path(ref)
     if path.is_file():

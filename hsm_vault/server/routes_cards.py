@@ -1,14 +1,17 @@
 """Routes of the card directory: publish, pending, approve, reject, search, get, revoke.
 
 The server checks every card it is given as fully as a client would (self signature, token
-protection, rotation signature), but clients never rely on that: they verify the cards and
-revocations they fetch against the application key they pinned.
+protection, rotation signature, officer approvals under the policy in force), but clients
+never rely on that: they verify the cards and revocations they fetch against the application
+key and the signed policy they pinned. Approval follows the policy in force: with
+`approvals` N > 0 each officer of the policy signs the card on their own token, no one
+approves their own card, and the application key signs once N officers have.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
@@ -21,16 +24,23 @@ from hsm_vault.cards.model import (
     Card,
     CardSignature,
     RevocationReason,
-    TrustPolicy,
     now_utc,
-    verify_card,
 )
-from hsm_vault.cards.revocation import RevocationStatement, verify_revocation
-from hsm_vault.errors import CardVerificationError
+from hsm_vault.cards.revocation import RevocationStatement
+from hsm_vault.errors import CardError, CardVerificationError
 from hsm_vault.server.appkey import ApplicationKey
+from hsm_vault.server.approvals import require_policy, sign_and_publish
 from hsm_vault.server.auth import CurrentUser, DbDep, OfficerUser, SettingsDep
 from hsm_vault.server.db import CardRecord, CardStatus, Role, User, utcnow
 from hsm_vault.server.problems import Problem, problem_responses
+from hsm_vault.trust import (
+    APP,
+    SignedPolicy,
+    TrustPolicy,
+    officer_signer,
+    verify_card,
+    verify_revocation,
+)
 
 router = APIRouter(
     prefix="/v1/cards",
@@ -38,7 +48,7 @@ router = APIRouter(
     responses=problem_responses(401, 403, 404, 409, 413, 422, 429),
 )
 
-APP_SIGNER = "app"
+APP_SIGNER = APP
 CARD_ID_PATTERN = r"^[0-9a-f]{64}$"
 CardIdPath = Annotated[str, Path(pattern=CARD_ID_PATTERN, description="hex SHA-256 card id")]
 
@@ -49,6 +59,14 @@ class PublishIn(BaseModel):
 
 class RejectIn(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class ApproveIn(BaseModel):
+    signature: dict[str, Any] | None = Field(
+        None,
+        description="the officer's signature entry (signer officer:<username>) over the card "
+        "id, made on the officer's token; needed when the policy requires approvals",
+    )
 
 
 class RevokeIn(BaseModel):
@@ -73,6 +91,10 @@ class CardOut(BaseModel):
     reject_reason: str | None = None
     revocation: str | None = Field(None, description="the signed revocation statement")
     revoked_at: dt.datetime | None = None
+    second_card: bool = Field(
+        default=False,
+        description="pending cards: the identity has an approved card this one does not replace",
+    )
 
 
 class CardListOut(BaseModel):
@@ -130,28 +152,16 @@ def _may_see(user: User, record: CardRecord) -> bool:
     return public or record.owner_id == user.id or user.role_enum.includes(Role.OFFICER)
 
 
-def _approve(db: Session, record: CardRecord, app_key: ApplicationKey, by: str) -> None:
-    """Add the app signature (made on the server's token) and publish; supersede the previous."""
-    card = Card.from_text(record.text)
-    verify_card(card, TrustPolicy.self_only())
-    signature = CardSignature(
-        signer=APP_SIGNER,
-        key_id=bytes.fromhex(app_key.info.fingerprint),
-        algorithm=app_key.info.algorithm,
-        signature=app_key.sign(card.signing_message(APP_SIGNER)),
-    )
-    signed = card.with_signature(signature)
-    verify_card(signed, TrustPolicy.with_app_key(app_key.info.spki_der))
-    now = utcnow()
-    record.text = signed.to_text()
-    record.status = CardStatus.APPROVED.value
-    record.decided_at = now
-    record.decided_by = by
-    if record.previous_id:
-        previous = db.get(CardRecord, record.previous_id)
-        if previous is not None and previous.status == CardStatus.APPROVED:
-            previous.status = CardStatus.SUPERSEDED.value
-            previous.superseded_by = record.id
+def _second_card(db: Session, record: CardRecord) -> bool:
+    """Whether approving `record` would give its identity a second current card."""
+    others = db.scalars(
+        select(CardRecord.id).where(
+            CardRecord.identity == record.identity,
+            CardRecord.status == CardStatus.APPROVED,
+            CardRecord.id != record.id,
+        )
+    ).all()
+    return any(other != record.previous_id for other in others)
 
 
 @router.post("", response_model=CardOut, status_code=201)
@@ -189,8 +199,8 @@ def publish_card(
         published_at=utcnow(),
     )
     db.add(record)
-    if settings.auto_approve:
-        _approve(db, record, _app_key(request), by="auto-approve")
+    if settings.auto_approve and require_policy(db).body.approvals == 0:
+        sign_and_publish(db, record, _app_key(request), by="auto-approve")
     db.commit()
     return _out(record, user.name)
 
@@ -214,7 +224,8 @@ def search_cards(
 
 @router.get("/pending", response_model=CardListOut)
 def pending_cards(_officer: OfficerUser, db: DbDep) -> CardListOut:
-    """Cards waiting for approval (officers only)."""
+    """Cards waiting for approval (officers only), each saying whether it would be a second
+    current card for its identity."""
     records = list(
         db.scalars(
             select(CardRecord)
@@ -222,7 +233,10 @@ def pending_cards(_officer: OfficerUser, db: DbDep) -> CardListOut:
             .order_by(CardRecord.published_at)
         )
     )
-    return _list_out(db, records)
+    listing = _list_out(db, records)
+    for out, record in zip(listing.cards, records, strict=True):
+        out.second_card = _second_card(db, record)
+    return listing
 
 
 @router.get("/mine", response_model=CardListOut)
@@ -247,23 +261,80 @@ def get_card(card_id: CardIdPath, user: CurrentUser, db: DbDep) -> CardOut:
     return _list_out(db, [record]).cards[0]
 
 
+def _officer_approval(
+    record: CardRecord, card: Card, policy: SignedPolicy, officer: User, body: ApproveIn | None
+) -> Card:
+    """The card with `officer`'s checked approval added (policy approvals > 0)."""
+    entry = policy.body.officer(officer.name)
+    if entry is None:
+        raise Problem(
+            403,
+            f"{officer.name!r} is not an officer of the server policy (serial "
+            f"{policy.serial}): only its officers approve cards",
+        )
+    if body is None or body.signature is None:
+        raise Problem(
+            422,
+            f"the server policy requires {policy.body.approvals} officer approval(s) signed "
+            "on the officers' tokens: approve with 'hsm-vault card approve'",
+        )
+    try:
+        signature = CardSignature.from_json(body.signature)
+    except CardError as exc:
+        raise Problem(422, f"the approval is malformed: {exc.message}") from None
+    signer = officer_signer(officer.name)
+    if signature.signer != signer:
+        raise Problem(422, f"your approval must be signed as {signer!r}")
+    if entry.identity == card.identity:
+        raise Problem(403, "no one may approve their own card")
+    if card.signature_by(signer) is not None:
+        raise Problem(409, f"you approved card {record.id} already")
+    signed = card.with_signature(signature)
+    try:
+        verify_card(signed, TrustPolicy(trusted={signer: (entry.spki_der,)}))
+    except CardVerificationError as exc:
+        raise Problem(422, f"your approval does not verify: {exc.message}") from None
+    return signed
+
+
 @router.post("/{card_id}/approve", response_model=CardOut)
 def approve_card(
     card_id: CardIdPath,
     officer: OfficerUser,
     db: DbDep,
     request: Request,
+    body: ApproveIn | None = None,
 ) -> CardOut:
-    """Approve a pending card: the server signs it with the application key (officers only)."""
-    record = _get_record(db, card_id)
+    """Approve a pending card (officers only; never their own).
+
+    Under a policy with approvals N > 0 the request carries the officer's signature made on
+    their token; the card stays pending, collecting approvals, until N officers of the policy
+    have signed, and then the server signs it with the application key. With N = 0 the
+    application key alone signs at once.
+    """
+    record = db.get(CardRecord, card_id, with_for_update=True)
+    if record is None:
+        raise Problem(404, f"no card {card_id}")
+    if record.status == CardStatus.APPROVED:
+        raise Problem(409, f"card {card_id} is approved already")
     if record.status != CardStatus.PENDING:
         raise Problem(409, f"card {card_id} is {record.status}, not pending")
+    if record.owner_id == officer.id:
+        raise Problem(403, "no one may approve their own card")
     if record.previous_id is not None:
         previous = db.get(CardRecord, record.previous_id)
         if previous is None or previous.status != CardStatus.APPROVED:
             state = previous.status if previous else "gone"
             raise Problem(409, f"the card this one replaces is {state} now, not approved")
-    _approve(db, record, _app_key(request), by=officer.name)
+    policy = require_policy(db)
+    if policy.body.approvals == 0:
+        sign_and_publish(db, record, _app_key(request), by=officer.name)
+    else:
+        card = _officer_approval(record, Card.from_text(record.text), policy, officer, body)
+        approvers = [o for o in policy.body.officers if card.signature_by(o.signer)]
+        record.text = card.to_text()
+        if len(approvers) >= policy.body.approvals:
+            sign_and_publish(db, record, _app_key(request), by=officer.name)
     db.commit()
     return _list_out(db, [record]).cards[0]
 
@@ -311,6 +382,8 @@ def revoke_card(
         raise Problem(409, f"card {card_id} is revoked already")
     if record.status == CardStatus.REJECTED:
         raise Problem(409, f"card {card_id} was rejected; there is nothing to revoke")
+    if record.status == CardStatus.PENDING and record.owner_id != user.id:
+        raise Problem(409, f"card {card_id} is pending: reject it instead of revoking it")
     app_key = _app_key(request)
     card = Card.from_text(record.text)
     if body.statement is not None:

@@ -157,6 +157,8 @@ ALICE_384 = ec_key("alice-p384", ec.SECP384R1())
 BOB_RSA = rsa_key("bob-rsa2048", 2048)
 APP = ec_key("server-app", ec.SECP256R1())
 MALLORY = ec_key("mallory-p256", ec.SECP256R1())
+OLGA = ec_key("olga-p256", ec.SECP256R1())
+OSCAR = ec_key("oscar-p256", ec.SECP256R1())
 K256 = ec.derive_private_key(_seed_int("secp256k1") % 2**250 + 1, ec.SECP256K1())
 RSA1024 = rsa_key("rsa1024", 1024)
 
@@ -1250,6 +1252,108 @@ def build() -> None:
     )
 
 
+def officer_policy(approvals: int, *officers: tuple[str, str, Card, KeyT]) -> str:
+    """A policy (serial 2, app-signed) naming `officers` (username, identity, card, key)."""
+    from hsm_vault.trust import PolicyBody, PolicyOfficer, SignedPolicy
+    from hsm_vault.trust.policy import sign_policy
+
+    body = PolicyBody(
+        serial=2,
+        app_key_id=key_id_of(spki(APP)).hex(),
+        approvals=approvals,
+        officers=tuple(
+            PolicyOfficer(name, identity, card.id, key_type_of_key(key), spki(key))
+            for name, identity, card, key in sorted(officers, key=lambda o: o[0])
+        ),
+        created_at=CREATED,
+        previous="0" * 64,
+    )
+    policy = sign_policy(SignedPolicy(body), "app", spki(APP), alg_of(APP), signer_for(APP))
+    return policy.to_text()
+
+
+def build_officers() -> None:
+    """V8, V9 and officer signatures under V6: cards checked against a signed server policy."""
+    olga_card = add_sig(make_card(OLGA, "olga", identity_type="username"), "app", APP)
+    oscar_card = add_sig(make_card(OSCAR, "oscar", identity_type="username"), "app", APP)
+    olga = ("olga", "olga", olga_card, OLGA)
+    oscar = ("oscar", "oscar", oscar_card, OSCAR)
+    both = officer_policy(2, olga, oscar)
+    one = officer_policy(1, olga, oscar)
+    trust_app = [f"app {spki(APP).hex()}"]
+    alice = add_sig(make_card(ALICE), "app", APP)
+    approved = add_sig(add_sig(alice, "officer:olga", OLGA), "officer:oscar", OSCAR)
+    common = {"trust": trust_app, "require": ["app"]}
+    vector(
+        "ok-officers-approved",
+        "ok",
+        "success",
+        "self, app and the two officer approvals the policy requires",
+        approved.to_text(),
+        policy=both,
+        **common,
+    )
+    vector(
+        "ok-officer-card-named",
+        "ok",
+        "success",
+        "an officer's own card, named in the policy, needs no officer approvals",
+        olga_card.to_text(),
+        policy=both,
+        **common,
+    )
+    vector(
+        "v8-one-of-two-approvals",
+        "V8",
+        "verification failure",
+        "one officer approval where the policy requires two",
+        add_sig(alice, "officer:olga", OLGA).to_text(),
+        policy=both,
+        **common,
+    )
+    vector(
+        "v8-app-alone",
+        "V8",
+        "verification failure",
+        "the application key alone (what a compromised server can make)",
+        alice.to_text(),
+        policy=one,
+        **common,
+    )
+    vector(
+        "v8-unknown-officer",
+        "V8",
+        "verification failure",
+        "approved by someone the policy does not name: not counted",
+        add_sig(alice, "officer:mallory", MALLORY).to_text(),
+        policy=one,
+        **common,
+    )
+    olga_rotated = add_sig(
+        make_card(ALICE_NEW, "olga", identity_type="username", previous=(olga_card, OLGA)),
+        "app",
+        APP,
+    )
+    vector(
+        "v9-approved-by-owner",
+        "V9",
+        "verification failure",
+        "olga's new card approved by olga (and oscar): no one approves their own card",
+        add_sig(add_sig(olga_rotated, "officer:olga", OLGA), "officer:oscar", OSCAR).to_text(),
+        policy=both,
+        **common,
+    )
+    vector(
+        "v6-officer-by-wrong-key",
+        "V6",
+        "verification failure",
+        "an officer:oscar signature made by another key",
+        add_sig(add_sig(alice, "officer:olga", OLGA), "officer:oscar", MALLORY).to_text(),
+        policy=both,
+        **common,
+    )
+
+
 def b64url_decode_any(text: str) -> bytes:
     import base64
 
@@ -1267,6 +1371,8 @@ def write(out: Path = OUT) -> None:
             lines.append(f"previous: {v['previous']}")
         lines += [f"trust: {t}" for t in v.get("trust", [])]
         lines += [f"require: {r}" for r in v.get("require", [])]
+        if "policy" in v:
+            lines.append(f"policy: {v['policy']}")
         if "revocation" in v:
             lines.append(f"revocation: {v['revocation']}")
         for line in lines:
@@ -1278,4 +1384,5 @@ def write(out: Path = OUT) -> None:
 if __name__ == "__main__":
     # An optional argument writes elsewhere (the determinism test compares the two folders).
     build()
+    build_officers()
     write(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)

@@ -71,6 +71,8 @@ class Config:
     allow_unreported_local: tuple[str, ...] = ()
     """Token models (as `token info` names them) whose keys count as made on the token
     although the token reports CKA_LOCAL false (NSS softokn does, even for its own keys)."""
+    log_max_age_hours: int | None = None
+    """The oldest signed tree head of the server's transparency log accepted (default 24)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     _FIELDS = (
@@ -83,6 +85,7 @@ class Config:
         "ca_bundle",
         "username",
         "allow_unreported_local",
+        "log_max_age_hours",
     )
 
     def __repr__(self) -> str:
@@ -108,6 +111,9 @@ class Config:
             raise ConfigError(
                 f"config file {path}: allow_unreported_local must be a list of models"
             )
+        max_age = known.get("log_max_age_hours")
+        if max_age is not None and (type(max_age) is not int or max_age < 1):
+            raise ConfigError(f"config file {path}: log_max_age_hours must be a whole number")
         return cls(**known, allow_unreported_local=tuple(allowed), extra=raw)
 
     def save(self, path: Path | None = None) -> None:

@@ -251,3 +251,36 @@ class ServerTrustError(ServerError):
         "The server's answer did not verify against the pinned application key and server "
         "policy: do not use it; tell your security officer."
     )
+
+
+# --- the transparency log ------------------------------------------------------------------------
+
+
+class LogError(ServerTrustError):
+    """The server's transparency log, a tree head or a proof does not verify."""
+
+    hint = (
+        "Do not trust this server's answers: alert your security officer, with this message "
+        "and the output of 'hsm-vault log head'."
+    )
+
+
+class LogFormatError(LogError):
+    """A log entry, tree head or proof that is malformed."""
+
+
+class LogProofError(LogError):
+    """A Merkle inclusion or consistency proof, or a recomputed root, that does not verify."""
+
+
+class LogForkError(LogError):
+    """The server's log is not an extension of the one this client saw: a fork, a rollback
+    (restored backup), or a rewritten entry."""
+
+
+class LogWithheld(LogError):
+    """The server serves a card without the revocation or rotation its log holds."""
+
+
+class LogStale(LogError):
+    """The server's signed tree head is older than the maximum age this client accepts."""

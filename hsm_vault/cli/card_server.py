@@ -99,10 +99,12 @@ def publish(
     client, anchors, _ = _client_and_trust()
     with client:
         entry = client.publish_card(_unsigned_by_others(card))
-    if entry.status == "approved":
-        # Auto-approved: keep the app signature, once it verifies under the pinned policy.
-        verified = verify_entry(entry, anchors.card_policy(), expect_id=card.id)
-        keyring.add(verified.card, origin="own")
+        if entry.status == "approved":
+            # Auto-approved: keep the app signature, once it verifies under the pinned policy.
+            verified = verify_entry(
+                entry, anchors.card_policy(), expect_id=card.id, log=anchors.log
+            )
+            keyring.add(verified.card, origin="own")
     if json_out:
         print_json(_entry_json(entry))
         return
@@ -126,7 +128,9 @@ def find(
     keyring = Keyring()
     client, anchors, _ = _client_and_trust()
     with client:
-        entries = fetch_cards_into_keyring(client, identity, anchors.card_policy(), keyring)
+        entries = fetch_cards_into_keyring(
+            client, identity, anchors.card_policy(), keyring, anchors.log
+        )
     if not entries:
         raise CardNotFound(
             f"the server has no approved card for {identity!r}",
@@ -293,9 +297,9 @@ def approve(
                     ts, ts.find_key(key_ref), card, officer_signer(username), own
                 )
         entry = client.approve_card(entry.id, signature)
+        if entry.status == "approved":
+            verify_entry(entry, anchors.card_policy(), expect_id=entry.id, log=anchors.log)
     done = _approvers(entry)
-    if entry.status == "approved":
-        verify_entry(entry, anchors.card_policy(), expect_id=entry.id)
     if json_out:
         print_json({**_entry_json(entry), "approvals_required": needed})
         return
@@ -375,10 +379,10 @@ def revoke(
         with token_session(module, split_token_from_key(key_ref, token), pin_file) as ts:
             statement = revoke_card(ts, ts.find_key(key_ref), local.card, reason)
     client, anchors, _ = _client_and_trust()
+    policy = anchors.card_policy()
     with client:
         entry = client.revoke_card(card_id, statement=statement, reason=reason.value)
-    policy = anchors.card_policy()
-    verified = verify_entry(entry, policy, expect_id=card_id)
+        verified = verify_entry(entry, policy, expect_id=card_id, log=anchors.log)
     if verified.revocation is None:
         raise CardError("the server did not return the revocation statement")
     if local is not None:
@@ -412,14 +416,15 @@ def refresh(json_out: JsonOpt = False) -> None:
         for entry in keyring.entries():
             if entry.revocation is not None:
                 continue
-            verified = refresh_card_status(client, entry.card.id, policy, keyring)
+            verified = refresh_card_status(client, entry.card.id, policy, keyring, anchors.log)
             if verified is None:
                 report.append({"id": entry.card.id, "status": "unknown to the server"})
                 continue
             row: dict[str, Any] = {"id": entry.card.id, "status": verified.status}
             newer = verified.superseded_by
             if newer:
-                keyring.add(verify_entry(client.get_card(newer), policy, expect_id=newer).card)
+                fresh = client.get_card(newer)
+                keyring.add(verify_entry(fresh, policy, expect_id=newer, log=anchors.log).card)
                 row["superseded_by"] = newer
             report.append(row)
     if json_out:
@@ -439,13 +444,13 @@ def show_from_server(card_id: str, json_out: bool) -> None:
     client, anchors, _ = _client_and_trust()
     with client:
         entry = client.get_card(card_id)
-    card = parse_stated(entry, expect_id=card_id)
-    policy = TrustPolicy.self_only()
-    if entry.status == "approved":
-        policy = anchors.card_policy()
-        verify_entry(entry, policy, expect_id=card_id)
-    else:
-        verify_card(card, policy)
+        card = parse_stated(entry, expect_id=card_id)
+        policy = TrustPolicy.self_only()
+        if entry.status == "approved":
+            policy = anchors.card_policy()
+            verify_entry(entry, policy, expect_id=card_id, log=anchors.log)
+        else:
+            verify_card(card, policy)
     if json_out:
         print_json({**card_summary(card, policy), **_entry_json(entry)})
         return

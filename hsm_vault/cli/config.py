@@ -22,6 +22,8 @@ SETTINGS = {
     "token": "token label or pkcs11: URI used when --token is not given",
     "allow-unreported-local": "token model whose keys count as made on the token although it "
     "reports CKA_LOCAL false (NSS softokn); an officer's decision, one model per entry",
+    "log-max-age-hours": "the oldest signed tree head of the server's transparency log "
+    "accepted, in hours (default 24; a withheld revocation stays hidden at most this long)",
 }
 
 NameArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(SETTINGS)}.")]
@@ -42,7 +44,11 @@ def set_value(name: NameArg, value: Annotated[str, typer.Argument(help="The new 
         if not os.path.isfile(value):
             raise UsageError(f"PKCS#11 module {value} does not exist")
         value = os.path.abspath(value)
-    if attribute == "allow_unreported_local":
+    if attribute == "log_max_age_hours":
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError("log-max-age-hours must be a whole number of hours, 1 or more")
+        config.log_max_age_hours = int(value)
+    elif attribute == "allow_unreported_local":
         if value not in config.allow_unreported_local:
             config.allow_unreported_local = (*config.allow_unreported_local, value)
     else:

@@ -343,7 +343,7 @@ def add_user(
     engine, sessions = _open_db(settings)
     try:
         with sessions() as db:
-            user, code = create_user(db, settings, name, chosen, identity)
+            user, code = create_user(db, settings, name, chosen, identity, by="server-host")
             _print_code(user.name, user.role, user.identity, code, json_out)
     finally:
         engine.dispose()

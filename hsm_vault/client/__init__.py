@@ -49,6 +49,7 @@ from hsm_vault.errors import (
     UsageError,
 )
 from hsm_vault.trust import SignedPolicy, TrustPolicy, VerifiedCard, load_app_key, verify_entry
+from hsm_vault.trust.entries import LogCheck
 
 #: (connect, read) seconds; every call has a timeout.
 DEFAULT_TIMEOUT = (5.0, 30.0)
@@ -113,9 +114,12 @@ class CardEntry:
     revocation_text: str | None
     #: For a pending card: whether its identity already has an approved card it does not replace.
     second_card: bool = False
+    #: The signed tree head of the answer, and the card's log entries with their proofs.
+    log_head: str | None = None
+    log: Any = None
 
     @classmethod
-    def from_json(cls, obj: Any) -> CardEntry:
+    def from_json(cls, obj: Any, log_head: str | None = None) -> CardEntry:
         if not isinstance(obj, dict):
             raise ServerError("the server sent a malformed card record")
         try:
@@ -132,6 +136,8 @@ class CardEntry:
                 reject_reason=obj.get("reject_reason"),
                 revocation_text=obj.get("revocation"),
                 second_card=bool(obj.get("second_card", False)),
+                log_head=obj.get("log_head") or log_head,
+                log=obj.get("log"),
             )
         except KeyError as exc:
             raise ServerError(f"the server sent a card record without {exc.args[0]}") from None
@@ -451,7 +457,37 @@ class VaultClient:
     def _card_list(body: Any) -> list[CardEntry]:
         if not isinstance(body, dict) or not isinstance(body.get("cards"), list):
             raise ServerError("the server sent a malformed card list")
-        return [CardEntry.from_json(item) for item in body["cards"]]
+        head = body.get("log_head")
+        return [
+            CardEntry.from_json(item, head if isinstance(head, str) else None)
+            for item in body["cards"]
+        ]
+
+    # -- the transparency log, as the server states it (`hsm_vault.client.logsync` checks it)
+    def log_head(self, since: int | None = None) -> dict[str, Any]:
+        """The signed tree head, its compact tree, and a consistency proof from `since`."""
+        params = None if since is None else {"since": since}
+        body = self._json("GET", "/v1/log/head", params=params)
+        if not isinstance(body, dict) or not isinstance(body.get("head"), str):
+            raise ServerError("the server sent a malformed log head")
+        return body
+
+    def log_entries(self, start: int, end: int | None = None) -> dict[str, Any]:
+        """Entries [start, end) (the server may send fewer: ask again from where it ended)."""
+        params: dict[str, int] = {"start": start}
+        if end is not None:
+            params["end"] = end
+        body = self._json("GET", "/v1/log/entries", params=params)
+        if not isinstance(body, dict) or not isinstance(body.get("entries"), list):
+            raise ServerError("the server sent a malformed log range")
+        return body
+
+    def log_signed_head(self, size: int) -> str:
+        """The newest head the server signed for at most `size` entries."""
+        body = self._json("GET", f"/v1/log/heads/{int(size)}")
+        if not isinstance(body, dict) or not isinstance(body.get("head"), str):
+            raise ServerError("the server sent a malformed log head")
+        return str(body["head"])
 
     # -- the signed server policy
     def policy(self, serial: int | None = None) -> SignedPolicy:
@@ -486,15 +522,20 @@ class VaultClient:
         return _policy_of(self._json("POST", "/v1/policy/proposal/signatures", json=body))
 
     # -- cards, verified
-    def find_cards(self, identity: str, policy: TrustPolicy) -> list[VerifiedCard]:
-        """Approved cards for `identity`, every one verified; ServerTrustError if any fails."""
+    def find_cards(
+        self, identity: str, policy: TrustPolicy, log: LogCheck | None = None
+    ) -> list[VerifiedCard]:
+        """Approved cards for `identity`, every one verified (with `log`, also in the
+        transparency log); ServerTrustError if any fails."""
         entries = self.search_cards(identity)
-        return [verify_entry(e, policy, expect_identity=identity) for e in entries]
+        return [verify_entry(e, policy, expect_identity=identity, log=log) for e in entries]
 
-    def fetch_card(self, card_id: str, policy: TrustPolicy) -> VerifiedCard:
+    def fetch_card(
+        self, card_id: str, policy: TrustPolicy, log: LogCheck | None = None
+    ) -> VerifiedCard:
         """One card by id with its status and verified revocation, if any."""
         entry = self.get_card(card_id)
-        return verify_entry(entry, policy, expect_id=card_id)
+        return verify_entry(entry, policy, expect_id=card_id, log=log)
 
 
 def client_from_config(config: Config | None = None, *, need_login: bool = True) -> VaultClient:
@@ -524,7 +565,11 @@ def pinned_app_key(config: Config) -> bytes:
 
 
 def fetch_cards_into_keyring(
-    client: VaultClient, identity: str, policy: TrustPolicy, keyring: Keyring
+    client: VaultClient,
+    identity: str,
+    policy: TrustPolicy,
+    keyring: Keyring,
+    log: LogCheck | None = None,
 ) -> list[KeyringEntry]:
     """Find `identity`'s approved cards, verify every one, and keep them in `keyring`.
 
@@ -532,25 +577,29 @@ def fetch_cards_into_keyring(
     up by id, and a verified revocation is kept, so a revoked card stops being used here too.
     Nothing is stored if any card in the answer fails verification (ServerTrustError).
     """
-    found = client.find_cards(identity, policy)
+    found = client.find_cards(identity, policy, log)
     entries = [keyring.add(v.card, origin="imported") for v in found]
     listed = {v.card.id for v in found}
     for entry in keyring.find(identity):
         if entry.card.id in listed or entry.revocation is not None:
             continue
-        refresh_card_status(client, entry.card.id, policy, keyring)
+        refresh_card_status(client, entry.card.id, policy, keyring, log)
     return entries
 
 
 def refresh_card_status(
-    client: VaultClient, card_id: str, policy: TrustPolicy, keyring: Keyring
+    client: VaultClient,
+    card_id: str,
+    policy: TrustPolicy,
+    keyring: Keyring,
+    log: LogCheck | None = None,
 ) -> VerifiedCard | None:
     """Ask the server about one card and keep a verified revocation in the keyring.
 
     Returns None when the server does not know the card (e.g. it was never published there).
     """
     try:
-        verified = client.fetch_card(card_id, policy)
+        verified = client.fetch_card(card_id, policy, log)
     except NotFoundOnServer:
         return None
     if verified.revocation is not None:
@@ -571,5 +620,5 @@ def fetch_identity(identity: str, keyring: Keyring | None = None) -> list[Keyrin
     with VaultClient.from_config(config) as client:
         anchors = update_policy(client, config)
         return fetch_cards_into_keyring(
-            client, identity, anchors.card_policy(), keyring or Keyring()
+            client, identity, anchors.card_policy(), keyring or Keyring(), anchors.log
         )

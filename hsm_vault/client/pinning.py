@@ -1,13 +1,18 @@
-"""The trust anchors a client keeps for its server: the application key pinned at login, and
-the signed server policy, pinned on first fetch and moved forward only along a verified chain.
+"""The trust anchors a client keeps for its server: the application key pinned at login, the
+signed server policy, pinned on first fetch and moved forward only along a verified chain, and
+the transparency log's head (`hsm_vault.client.logsync`), moved forward on every contact.
 
-The decisions are `hsm_vault.trust`'s (`verify_chain`); this module fetches the policies over
-HTTP and keeps the newest accepted one in the client config (key "policy").
+The decisions are `hsm_vault.trust`'s (`verify_chain`, `trust.log.advance`); this module
+fetches the policies over HTTP and keeps the newest accepted one in the client config (key
+"policy"; the log head beside it, key "log").
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hsm_vault.client import VaultClient
+from hsm_vault.client.logsync import LogSync
 from hsm_vault.config import Config
 from hsm_vault.errors import ServerTrustError
 from hsm_vault.trust import TrustAnchors, verify_chain
@@ -23,11 +28,20 @@ def pinned_anchors(config: Config) -> TrustAnchors:
 
 def update_policy(client: VaultClient, config: Config) -> TrustAnchors:
     """Fetch the server's policy in force, accept it only along a verified chain from the
-    pinned one (or from policy 1 when none is pinned), pin it, and return the anchors.
+    pinned one (or from policy 1 when none is pinned), pin it; bring the transparency log's
+    head forward (`LogSync.sync`); return the anchors, with the log to check cards against.
 
     Raises `PolicyVerificationError` naming the rule a policy broke, `ServerTrustError` if the
-    server offers an older or a different policy than the pinned one.
+    server offers an older or a different policy than the pinned one, a `LogError` if the
+    server's log is not an extension of the one seen here (or its head is too old).
     """
+    anchors = _update_policy(client, config)
+    log = LogSync(client, config, anchors.app_spki)
+    log.sync()
+    return replace(anchors, log=log)
+
+
+def _update_policy(client: VaultClient, config: Config) -> TrustAnchors:
     anchors = pinned_anchors(config)
     held = anchors.policy
     current = client.policy()

@@ -8,9 +8,11 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from hsm_vault.errors import ConflictOnServer, NotFoundOnServer, UsageError
+from hsm_vault.server import log
 from hsm_vault.server.auth import issue_enrolment_code
 from hsm_vault.server.db import Role, User, utcnow
 from hsm_vault.server.settings import ServerSettings
+from hsm_vault.trust.log import EntryKind
 
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
 _USERNAME = re.compile(USERNAME_PATTERN)
@@ -31,8 +33,9 @@ def create_user(
     name: str,
     role: Role,
     identity: str | None = None,
+    by: str = "server",
 ) -> tuple[User, str]:
-    """Create an account and its first enrolment code; (user, code). Commits."""
+    """Create an account and its first enrolment code; (user, code). Logged; commits."""
     check_username(name)
     identity = identity or name
     if not identity or len(identity) > 255:
@@ -48,6 +51,7 @@ def create_user(
     user = User(name=name, identity=identity, role=role.value, disabled=False, created_at=utcnow())
     db.add(user)
     db.flush()
+    log.account_event(db, EntryKind.USER_ADDED, user, by)
     code = issue_enrolment_code(db, user, settings)
     db.commit()
     return user, code

@@ -9,6 +9,7 @@ What routes find on `request.app.state`:
 - `settings`: the `ServerSettings`
 - `engine`, `sessionmaker`: SQLAlchemy (use the `get_db` dependency in hsm_vault.server.auth)
 - `app_key`: the `ApplicationKey` (public info in `.info`, `.sign(message)`)
+- `log_cache`: the `LogCache` of the transparency log's tree (proofs)
 
 Routers are joined in `_include_routers`; blob routes (`hsm_vault.server.routes_blobs.router`)
 join there when that module is present.
@@ -30,6 +31,7 @@ from sqlalchemy.orm import sessionmaker
 from hsm_vault import __version__
 from hsm_vault.server.appkey import ApplicationKey, open_application_key
 from hsm_vault.server.db import make_engine, make_sessionmaker, migrate_to_head
+from hsm_vault.server.log import LogCache, backfill
 from hsm_vault.server.problems import BodySizeLimit, install_problem_handlers
 from hsm_vault.server.settings import ServerSettings
 
@@ -54,8 +56,12 @@ def open_resources(settings: ServerSettings) -> Iterator[ServerResources]:
     engine = make_engine(settings.effective_database_url)
     try:
         migrate_to_head(engine)
+        sessions = make_sessionmaker(engine)
+        with sessions() as db:
+            if backfill(db):  # a database from before the transparency log
+                db.commit()
         with open_application_key(settings) as app_key:
-            yield ServerResources(engine, make_sessionmaker(engine), app_key)
+            yield ServerResources(engine, sessions, app_key)
     finally:
         engine.dispose()
 
@@ -67,11 +73,12 @@ def _attach(app: FastAPI, resources: ServerResources) -> None:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from hsm_vault.server import routes_accounts, routes_cards, routes_policy
+    from hsm_vault.server import routes_accounts, routes_cards, routes_log, routes_policy
 
     app.include_router(routes_accounts.router)
     app.include_router(routes_cards.router)
     app.include_router(routes_policy.router)
+    app.include_router(routes_log.router)
     for name in _OPTIONAL_ROUTERS:
         if importlib.util.find_spec(name) is not None:
             app.include_router(importlib.import_module(name).router)
@@ -104,6 +111,7 @@ def create_app(settings: ServerSettings, resources: ServerResources | None = Non
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.log_cache = LogCache()
     install_problem_handlers(app)
     # Blob uploads stream and are limited by their own routes (size and quota).
     app.add_middleware(

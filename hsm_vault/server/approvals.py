@@ -18,6 +18,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from hsm_vault.cards.model import Card, CardSignature, now_utc
 from hsm_vault.errors import CardError, ConflictOnServer, PolicyVerificationError, UsageError
+from hsm_vault.server import log
 from hsm_vault.server.appkey import ApplicationKey
 from hsm_vault.server.db import Base, CardRecord, CardStatus, Role, User, UTCDateTime, utcnow
 from hsm_vault.trust import (
@@ -59,7 +60,8 @@ class PolicyProposal(Base):
 
 
 def sign_and_publish(db: Session, record: CardRecord, app_key: ApplicationKey, by: str) -> None:
-    """Add the app signature (made on the server's token) and publish; supersede the previous."""
+    """Add the app signature (made on the server's token) and publish; supersede the previous.
+    The approval (and the rotation) enters the transparency log in the same transaction."""
     card = Card.from_text(record.text)
     verify_card(card, TrustPolicy.self_only())
     signature = CardSignature(
@@ -80,6 +82,7 @@ def sign_and_publish(db: Session, record: CardRecord, app_key: ApplicationKey, b
         if previous is not None and previous.status == CardStatus.APPROVED:
             previous.status = CardStatus.SUPERSEDED.value
             previous.superseded_by = record.id
+    log.card_approved(db, record, by)
 
 
 def current_policy(db: Session) -> SignedPolicy | None:
@@ -112,8 +115,11 @@ def _app_signature(app_key: ApplicationKey, policy: SignedPolicy) -> CardSignatu
     )
 
 
-def _adopt(db: Session, app_key: ApplicationKey, policy: SignedPolicy) -> SignedPolicy:
-    """Sign with the application key, check it as a client would, and put it in force."""
+def _adopt(
+    db: Session, app_key: ApplicationKey, policy: SignedPolicy, by: str = "server"
+) -> SignedPolicy:
+    """Sign with the application key, check it as a client would, put it in force, and log
+    it."""
     signed = policy.with_signature(_app_signature(app_key, policy))
     held = current_policy(db)
     if held is not None:
@@ -121,6 +127,7 @@ def _adopt(db: Session, app_key: ApplicationKey, policy: SignedPolicy) -> Signed
     db.add(
         PolicyRecord(serial=signed.serial, id=signed.id, text=signed.to_text(), created_at=utcnow())
     )
+    log.policy_adopted(db, signed.to_text(), by)
     return signed
 
 
@@ -197,7 +204,7 @@ def add_officer_in_ceremony(
     if record.status == CardStatus.PENDING:
         sign_and_publish(db, record, app_key, by="add-officer")
     body = held.body.successor(created_at=now_utc(), add=(officer,))
-    return _adopt(db, app_key, SignedPolicy(body))
+    return _adopt(db, app_key, SignedPolicy(body), "add-officer")
 
 
 def propose(
@@ -234,7 +241,7 @@ def propose(
         proposal.status = "replaced"
     policy = SignedPolicy(body)
     if not held.body.complete or held.body.approvals == 0:
-        return _adopt(db, app_key, policy)
+        return _adopt(db, app_key, policy, by.name)
     db.add(
         PolicyProposal(
             id=policy.id,
@@ -280,4 +287,4 @@ def add_proposal_signature(
         record.text = signed.to_text()
         return signed
     record.status = "adopted"
-    return _adopt(db, app_key, signed)
+    return _adopt(db, app_key, signed, by.name)

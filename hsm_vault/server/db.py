@@ -150,6 +150,10 @@ class CardRecord(Base):
     #: The signed revocation statement (one line), once revoked.
     revocation: Mapped[str | None] = mapped_column(Text, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: The transparency log entry of its approval, and of its latest status (revocation, or
+    #: the approval of the card replacing it).
+    log_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -132,10 +132,12 @@ def list_users(_admin: AdminUser, db: DbDep) -> list[AccountOut]:
 
 @router.post("/users", response_model=EnrolmentCodeOut, status_code=201, tags=["accounts"])
 def create_user(
-    body: NewUserIn, _admin: AdminUser, db: DbDep, settings: SettingsDep
+    body: NewUserIn, admin: AdminUser, db: DbDep, settings: SettingsDep
 ) -> EnrolmentCodeOut:
     """Create an account (admins only); the answer holds its one-time enrolment code."""
-    user, code = accounts.create_user(db, settings, body.username, body.role, body.identity)
+    user, code = accounts.create_user(
+        db, settings, body.username, body.role, body.identity, by=admin.name
+    )
     return EnrolmentCodeOut(
         username=user.name, role=user.role, identity=user.identity, enrolment_code=code
     )

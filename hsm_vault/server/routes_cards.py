@@ -28,6 +28,7 @@ from hsm_vault.cards.model import (
 )
 from hsm_vault.cards.revocation import RevocationStatement
 from hsm_vault.errors import CardError, CardVerificationError
+from hsm_vault.server import log
 from hsm_vault.server.appkey import ApplicationKey
 from hsm_vault.server.approvals import require_policy, sign_and_publish
 from hsm_vault.server.auth import CurrentUser, DbDep, OfficerUser, SettingsDep
@@ -95,10 +96,20 @@ class CardOut(BaseModel):
         default=False,
         description="pending cards: the identity has an approved card this one does not replace",
     )
+    log: dict[str, Any] | None = Field(
+        None,
+        description="the transparency log entries of the card's approval and latest status "
+        "(revocation, or its successor's approval), each with its inclusion proof in the "
+        "answer's log_head; null for cards the log does not hold (pending, rejected)",
+    )
+    log_head: str | None = Field(
+        None, description="single-card answers: the signed tree head (hsmv-head-1:...)"
+    )
 
 
 class CardListOut(BaseModel):
     cards: list[CardOut]
+    log_head: str = Field(description="the signed tree head the proofs are in (hsmv-head-1:...)")
 
 
 def _out(record: CardRecord, owner: str) -> CardOut:
@@ -116,6 +127,8 @@ def _out(record: CardRecord, owner: str) -> CardOut:
         reject_reason=record.reject_reason,
         revocation=record.revocation,
         revoked_at=record.revoked_at,
+        log=None,
+        log_head=None,
     )
 
 
@@ -126,9 +139,25 @@ def _owner_names(db: Session, records: list[CardRecord]) -> dict[int, str]:
     return {u.id: u.name for u in db.scalars(select(User).where(User.id.in_(ids)))}
 
 
-def _list_out(db: Session, records: list[CardRecord]) -> CardListOut:
+def _list_out(db: Session, records: list[CardRecord], request: Request) -> CardListOut:
+    """The records as the API states them, each with its log proofs in the current head."""
+    settings = request.app.state.settings
+    head = log.head_in(db, _app_key(request), settings.log_head_refresh_seconds)
+    if db.new or db.dirty:
+        db.commit()  # a fresh head was signed
     names = _owner_names(db, records)
-    return CardListOut(cards=[_out(r, names.get(r.owner_id, "?")) for r in records])
+    logs = log.card_logs(db, request.app.state.log_cache, head, records)
+    cards = [_out(r, names.get(r.owner_id, "?")) for r in records]
+    for out in cards:
+        out.log = logs.get(out.id)
+    return CardListOut(cards=cards, log_head=head)
+
+
+def _one_out(db: Session, record: CardRecord, request: Request) -> CardOut:
+    listing = _list_out(db, [record], request)
+    out = listing.cards[0]
+    out.log_head = listing.log_head
+    return out
 
 
 def _app_key(request: Request) -> ApplicationKey:
@@ -202,7 +231,7 @@ def publish_card(
     if settings.auto_approve and require_policy(db).body.approvals == 0:
         sign_and_publish(db, record, _app_key(request), by="auto-approve")
     db.commit()
-    return _out(record, user.name)
+    return _one_out(db, record, request)
 
 
 @router.get("", response_model=CardListOut)
@@ -210,6 +239,7 @@ def search_cards(
     identity: Annotated[str, Query(min_length=1, max_length=255)],
     _user: CurrentUser,
     db: DbDep,
+    request: Request,
 ) -> CardListOut:
     """Approved, unrevoked, current cards for an identity, with their signatures."""
     records = list(
@@ -219,11 +249,11 @@ def search_cards(
             .order_by(CardRecord.decided_at.desc())
         )
     )
-    return _list_out(db, records)
+    return _list_out(db, records, request)
 
 
 @router.get("/pending", response_model=CardListOut)
-def pending_cards(_officer: OfficerUser, db: DbDep) -> CardListOut:
+def pending_cards(_officer: OfficerUser, db: DbDep, request: Request) -> CardListOut:
     """Cards waiting for approval (officers only), each saying whether it would be a second
     current card for its identity."""
     records = list(
@@ -233,14 +263,14 @@ def pending_cards(_officer: OfficerUser, db: DbDep) -> CardListOut:
             .order_by(CardRecord.published_at)
         )
     )
-    listing = _list_out(db, records)
+    listing = _list_out(db, records, request)
     for out, record in zip(listing.cards, records, strict=True):
         out.second_card = _second_card(db, record)
     return listing
 
 
 @router.get("/mine", response_model=CardListOut)
-def my_cards(user: CurrentUser, db: DbDep) -> CardListOut:
+def my_cards(user: CurrentUser, db: DbDep, request: Request) -> CardListOut:
     """Every card you published, in any state."""
     records = list(
         db.scalars(
@@ -249,16 +279,16 @@ def my_cards(user: CurrentUser, db: DbDep) -> CardListOut:
             .order_by(CardRecord.published_at)
         )
     )
-    return _list_out(db, records)
+    return _list_out(db, records, request)
 
 
 @router.get("/{card_id}", response_model=CardOut)
-def get_card(card_id: CardIdPath, user: CurrentUser, db: DbDep) -> CardOut:
+def get_card(card_id: CardIdPath, user: CurrentUser, db: DbDep, request: Request) -> CardOut:
     """One card by id, with its status and, if revoked, the signed revocation statement."""
     record = _get_record(db, card_id)
     if not _may_see(user, record):
         raise Problem(404, f"no card {card_id}")
-    return _list_out(db, [record]).cards[0]
+    return _one_out(db, record, request)
 
 
 def _officer_approval(
@@ -336,7 +366,7 @@ def approve_card(
         if len(approvers) >= policy.body.approvals:
             sign_and_publish(db, record, _app_key(request), by=officer.name)
     db.commit()
-    return _list_out(db, [record]).cards[0]
+    return _one_out(db, record, request)
 
 
 @router.post("/{card_id}/reject", response_model=CardOut)
@@ -345,6 +375,7 @@ def reject_card(
     body: RejectIn,
     officer: OfficerUser,
     db: DbDep,
+    request: Request,
 ) -> CardOut:
     """Reject a pending card, with a reason its owner can read (officers only)."""
     record = _get_record(db, card_id)
@@ -355,7 +386,7 @@ def reject_card(
     record.decided_at = utcnow()
     record.decided_by = officer.name
     db.commit()
-    return _list_out(db, [record]).cards[0]
+    return _one_out(db, record, request)
 
 
 @router.post("/{card_id}/revoke", response_model=CardOut)
@@ -415,5 +446,6 @@ def revoke_card(
     record.revocation = statement.to_text()
     record.revoked_at = utcnow()
     record.status = CardStatus.REVOKED.value
+    log.card_revoked(db, record, user.name)
     db.commit()
-    return _list_out(db, [record]).cards[0]
+    return _one_out(db, record, request)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from hsm_vault.algorithms import spki_fingerprint
 from hsm_vault.errors import CardError, NotLoggedIn, ServerTrustError
 from hsm_vault.trust.cards import APP, TrustPolicy
+from hsm_vault.trust.entries import LogCheck
 from hsm_vault.trust.policy import SignedPolicy
 
 #: The client config key under which the pinned policy is kept (one line, hsmv-policy-1:...).
@@ -50,6 +51,8 @@ class TrustAnchors:
 
     app_spki: bytes
     policy: SignedPolicy | None = None
+    #: The transparency log as this client keeps it (set once the log is brought up to date).
+    log: LogCheck | None = None
 
     @property
     def app_fingerprint(self) -> str:

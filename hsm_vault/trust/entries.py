@@ -7,7 +7,7 @@ Pure code: no I/O. The client fetches; this decides. Anything that fails raises
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from hsm_vault.cards.model import Card
 from hsm_vault.cards.revocation import RevocationStatement
@@ -30,6 +30,17 @@ class StatedCard(Protocol):
     def revocation_text(self) -> str | None: ...
     @property
     def superseded_by(self) -> str | None: ...
+    @property
+    def log_head(self) -> str | None: ...
+    @property
+    def log(self) -> Any: ...
+
+
+class LogCheck(Protocol):
+    """Checks a verified card answer against the transparency log a client keeps
+    (`hsm_vault.client.logsync.LogSync`): the proofs, and no withheld status change."""
+
+    def check(self, entry: StatedCard, card: Card) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -69,8 +80,10 @@ def verify_entry(
     *,
     expect_id: str | None = None,
     expect_identity: str | None = None,
+    log: LogCheck | None = None,
 ) -> VerifiedCard:
-    """Verify one card record from the server under `policy`; raise `ServerTrustError`."""
+    """Verify one card record from the server under `policy`, and with `log` its entries in
+    the transparency log; raise `ServerTrustError` (or a `LogError`)."""
     card = parse_stated(entry, expect_id=expect_id)
     if expect_identity is not None and card.identity != expect_identity:
         raise ServerTrustError(
@@ -91,6 +104,8 @@ def verify_entry(
             f"the server's card {entry.id[:16]}.. for {entry.identity!r} failed verification: "
             f"{exc.message}"
         ) from None
+    if log is not None:
+        log.check(entry, card)
     return VerifiedCard(
         card=card, status=entry.status, revocation=revocation, superseded_by=entry.superseded_by
     )

@@ -35,6 +35,7 @@ COMMAND_MODULES = {
     "store": "store",
     "config": "config",
     "policy": "policy",
+    "log": "log",
 }
 
 

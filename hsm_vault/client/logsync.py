@@ -15,16 +15,19 @@ from typing import Any
 from hsm_vault.cards.model import Card
 from hsm_vault.client import VaultClient
 from hsm_vault.config import Config
-from hsm_vault.errors import LogError, LogForkError, LogFormatError, ServerError
+from hsm_vault.errors import LogError, LogForkError, LogFormatError, LogProofError, ServerError
 from hsm_vault.trust.entries import StatedCard
 from hsm_vault.trust.log import (
     ALERT,
     DEFAULT_MAX_AGE_SECONDS,
+    AuditReport,
     CardLog,
     LogEntry,
     LogState,
     SignedTreeHead,
+    TreeHead,
     advance,
+    audit,
     parse_hashes,
     start_state,
     verify_card_log,
@@ -146,3 +149,81 @@ class LogSync:
 def frontier_of(hashes: list[str], size: int) -> Frontier:
     """A compact tree as the API sends it (for `log show`)."""
     return Frontier(size, parse_hashes(hashes, "compact tree"))
+
+
+# --- the whole log: download, audit, and locate a rewritten entry ------------------------------
+
+
+def download(client: VaultClient, start: int, end: int) -> tuple[list[LogEntry], Frontier]:
+    """Entries [start, end) and the compact tree of the entries before `start`."""
+    entries: list[LogEntry] = []
+    frontier: Frontier | None = None
+    while start + len(entries) < end or frontier is None:
+        body = client.log_entries(start + len(entries), end)
+        if frontier is None:
+            frontier = frontier_of(body.get("frontier") or [], start)
+        page = [LogEntry.from_text(text) for text in body["entries"]]
+        if not page and start + len(entries) < end:
+            raise LogForkError(f"the server does not send entry {start + len(entries)}: {ALERT}")
+        entries.extend(page)
+    return entries, frontier
+
+
+def _pool_map(jobs: int) -> Any:
+    """A process pool's map for many signature checks (they dominate a full audit)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(os.cpu_count() or 1, 8)
+    if jobs < 4000 or workers < 2:
+        return None
+    return ProcessPoolExecutor(workers)
+
+
+def verify_all(client: VaultClient, sync: LogSync) -> AuditReport:
+    """Download the whole log under the head just accepted and audit it (`trust.log.audit`);
+    a log whose entries do not make up its head is searched for the rewritten entry among
+    the heads the server signed before."""
+    state = sync.state or sync.sync()
+    entries, _ = download(client, 0, state.size)
+    pool = _pool_map(len(entries))
+    try:
+        kwargs: dict[str, Any] = {"map_jobs": pool.map} if pool is not None else {}
+        return audit(entries, state.head, sync.app_spki, **kwargs)
+    except LogProofError as exc:
+        if "do not make up its signed head" not in exc.message:
+            raise
+        where = locate_rewrite(client, [e.leaf_hash for e in entries], sync.app_spki)
+        raise LogProofError(f"{where} of the log was rewritten: {ALERT}") from None
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def locate_rewrite(client: VaultClient, leaves: list[bytes], app_spki: bytes) -> str:
+    """Narrow down, with the heads the server signed before, the first entry that no longer
+    makes up a signed head: a binary search over sizes."""
+    from hsm_vault.trust.merkle import MerkleTree
+
+    tree = MerkleTree(leaves)
+    good, bad = 0, len(leaves)  # the first `good` entries make up a signed head; `bad` do not
+
+    def signed_at_most(size: int) -> TreeHead | None:
+        try:
+            head = SignedTreeHead.from_text(client.log_signed_head(size))
+            head.verify(app_spki)
+        except (LogError, ServerError):
+            return None
+        return head.head if good < head.size < bad else None
+
+    while bad - good > 1:
+        found = signed_at_most((good + bad) // 2) or signed_at_most(bad - 1)
+        if found is None:
+            break  # no signed head in between: this is as narrow as the heads allow
+        if tree.root(found.size) == found.root:
+            good = found.size
+        else:
+            bad = found.size
+    if bad - good == 1:
+        return f"entry {good}"
+    return f"one of the entries {good}..{bad - 1}"

@@ -770,13 +770,13 @@ def audit(
         )
     if pinned is not None and pinned.size > head.size:
         raise LogForkError(f"the log has fewer entries than the head pinned here: {ALERT}")
+    failures = [i for i in map_jobs(check_signatures, _chunks(state.jobs, chunk)) if i is not None]
+    if failures:
+        raise state.fail(min(failures), "a signature in it does not verify")
     if frontier.root() != head.root:
         raise LogProofError(
             f"the log's entries do not make up its signed head (a rewritten entry): {ALERT}"
         )
-    failures = [i for i in map_jobs(check_signatures, _chunks(state.jobs, chunk)) if i is not None]
-    if failures:
-        raise state.fail(min(failures), "a signature in it does not verify")
     return AuditReport(
         head,
         state.cards,

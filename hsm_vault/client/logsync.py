@@ -169,8 +169,8 @@ def download(client: VaultClient, start: int, end: int) -> tuple[list[LogEntry],
     return entries, frontier
 
 
-def _pool_map(jobs: int) -> Any:
-    """A process pool's map for many signature checks (they dominate a full audit)."""
+def _pool(jobs: int) -> Any:
+    """A process pool for the signature checks (they dominate a full audit)."""
     import os
     from concurrent.futures import ProcessPoolExecutor
 
@@ -186,10 +186,9 @@ def verify_all(client: VaultClient, sync: LogSync) -> AuditReport:
     the heads the server signed before."""
     state = sync.state or sync.sync()
     entries, _ = download(client, 0, state.size)
-    pool = _pool_map(len(entries))
+    pool = _pool(len(entries))
     try:
-        kwargs: dict[str, Any] = {"map_jobs": pool.map} if pool is not None else {}
-        return audit(entries, state.head, sync.app_spki, **kwargs)
+        return audit(entries, state.head, sync.app_spki, executor=pool)
     except LogProofError as exc:
         if "do not make up its signed head" not in exc.message:
             raise

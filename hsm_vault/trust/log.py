@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -132,7 +134,12 @@ class LogEntry:
         }
 
     def to_bytes(self) -> bytes:
-        return canonical_json(self.to_json())
+        """The canonical bytes (kept from parsing: the parser checked they are canonical)."""
+        raw = self.__dict__.get("_raw")
+        if raw is None:
+            raw = canonical_json(self.to_json())
+            object.__setattr__(self, "_raw", raw)
+        return bytes(raw)
 
     @property
     def leaf_hash(self) -> bytes:
@@ -154,13 +161,15 @@ class LogEntry:
             raise LogFormatError(f"unknown log entry kind {obj.get('kind')!r}") from None
         if set(obj) != {*_COMMON, *ENTRY_FIELDS[kind]}:
             raise LogFormatError(f"a {kind} entry has the wrong fields")
-        return cls(
+        entry = cls(
             index=obj["index"],
             kind=kind,
             at=obj["at"],
             actor=obj["actor"],
             data={k: obj[k] for k in ENTRY_FIELDS[kind]},
         )
+        object.__setattr__(entry, "_raw", bytes(raw))
+        return entry
 
     @classmethod
     def from_text(cls, text: Any) -> LogEntry:
@@ -602,56 +611,106 @@ class AuditReport:
         return [c for c in self.cards.values() if c.identity == identity]
 
 
-#: `map` or a process pool's `map`: runs `check_signatures` over chunks of jobs.
-JobMap = Callable[
-    [Callable[[list["SignatureJob"]], "int | None"], Iterable[list["SignatureJob"]]],
-    Iterable["int | None"],
-]
-
-
 @dataclass(frozen=True)
 class SignatureJob:
-    """One entry's signatures to check: a card under a policy, or a revocation."""
+    """One entry's signatures to check: a card under a policy (its text, as the policy in
+    force there), or a revocation. Plain strings, so a chunk of jobs pickles cheaply."""
 
     index: int
     card_text: str
-    trust: TrustPolicy
+    policy_text: str
+    app_spki: bytes
     previous_text: str | None = None
     revocation_text: str | None = None
+    #: What the audit read from the card without checking it (id, identity, previous id).
+    facts: tuple[str, str, str | None] | None = None
+
+
+@dataclass(frozen=True)
+class _CardFacts:
+    """A card's stated id, identity and previous id, read without checking anything: the
+    audit's signature jobs parse the card fully and refuse it if these differ."""
+
+    id: str
+    identity: str
+    previous_id: str | None
+
+    @classmethod
+    def of(cls, text: str) -> _CardFacts:
+        import json
+
+        try:
+            obj = json.loads(b64url_decode(text.partition(":")[2], "card text"))
+            snapshot = obj["snapshot"]
+            facts = cls(obj["id"], snapshot["identity"], snapshot["previous"])
+        except (ValueError, KeyError, TypeError):
+            raise LogFormatError("the card in it is malformed") from None
+        if not all(isinstance(v, str) for v in (facts.id, facts.identity)) or not (
+            facts.previous_id is None or isinstance(facts.previous_id, str)
+        ):
+            raise LogFormatError("the card in it is malformed")
+        return facts
+
+
+@functools.lru_cache(maxsize=64)
+def _card_trust(policy_text: str, app_spki: bytes) -> TrustPolicy:
+    return SignedPolicy.from_text(policy_text).card_trust(app_spki)
 
 
 def check_signatures(jobs: Iterable[SignatureJob]) -> int | None:
     """The index of the first job whose signatures fail, or None (picklable, for a pool)."""
     for job in jobs:
         try:
+            trust = _card_trust(job.policy_text, job.app_spki)
             card = Card.from_text(job.card_text)
             if job.revocation_text is not None:
-                verify_revocation(
-                    RevocationStatement.from_text(job.revocation_text), card, job.trust
-                )
+                verify_revocation(RevocationStatement.from_text(job.revocation_text), card, trust)
                 continue
+            if job.facts is not None and job.facts != (card.id, card.identity, card.previous_id):
+                return job.index
             previous = Card.from_text(job.previous_text) if job.previous_text else None
-            verify_card(card, job.trust, previous=previous)
+            verify_card(card, trust, previous=previous)
         except CardError:
             return job.index
     return None
 
 
-def _chunks(jobs: list[SignatureJob], size: int) -> Iterator[list[SignatureJob]]:
-    for start in range(0, len(jobs), size):
-        yield jobs[start : start + size]
-
-
 class _Audit:
-    def __init__(self, app_spki: bytes) -> None:
+    def __init__(self, app_spki: bytes, executor: Executor | None, chunk: int) -> None:
         self.app_spki = app_spki
         self.policy: SignedPolicy | None = None
-        self.trust: TrustPolicy | None = None
+        self.policy_text = ""
         self.cards: dict[str, AuditedCard] = {}
         self.texts: dict[str, str] = {}
         self.users: dict[str, str] = {}
         self.counts: dict[str, int] = {}
         self.jobs: list[SignatureJob] = []
+        self.executor = executor
+        self.chunk = chunk
+        self.pending: list[Future[int | None]] = []
+        self.failures: list[int] = []
+
+    def job(self, job: SignatureJob) -> None:
+        """Queue a signature check; full chunks go to the executor while the pass goes on."""
+        self.jobs.append(job)
+        if len(self.jobs) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        if not jobs:
+            return
+        if self.executor is None:
+            failed = check_signatures(jobs)
+            if failed is not None:
+                self.failures.append(failed)
+        else:
+            self.pending.append(self.executor.submit(check_signatures, jobs))
+
+    def first_failure(self) -> int | None:
+        self.flush()
+        failures = self.failures + [i for f in self.pending if (i := f.result()) is not None]
+        return min(failures) if failures else None
 
     def fail(self, index: int, why: str) -> LogError:
         return LogProofError(f"log entry {index} does not verify: {why}: {ALERT}")
@@ -682,11 +741,11 @@ class _Audit:
         else:
             accept_policy(self.policy, policy, self.app_spki)
         self.policy = policy
-        self.trust = policy.card_trust(self.app_spki)
+        self.policy_text = entry.data["policy"]
 
     def _approved(self, entry: LogEntry) -> None:
-        card = entry.card()
-        if self.trust is None:
+        card = _CardFacts.of(entry.data["card"])
+        if self.policy is None:
             raise self.fail(entry.index, "a card is approved before any policy")
         if card.id in self.cards:
             raise self.fail(entry.index, f"card {card.id[:16]} is approved twice")
@@ -697,7 +756,16 @@ class _Audit:
                 raise self.fail(entry.index, "the card replaces a card that is not current")
             previous.status, previous.status_at = "superseded", entry.index
             previous_text = self.texts[card.previous_id]
-        self.jobs.append(SignatureJob(entry.index, entry.data["card"], self.trust, previous_text))
+        self.job(
+            SignatureJob(
+                entry.index,
+                entry.data["card"],
+                self.policy_text,
+                self.app_spki,
+                previous_text,
+                facts=(card.id, card.identity, card.previous_id),
+            )
+        )
         self.texts[card.id] = entry.data["card"]
         self.cards[card.id] = AuditedCard(
             card.id,
@@ -711,17 +779,18 @@ class _Audit:
     def _revoked(self, entry: LogEntry) -> None:
         card_id = str(entry.data["card_id"])
         known = self.cards.get(card_id)
-        if known is None or known.status == "revoked" or self.trust is None:
+        if known is None or known.status == "revoked" or self.policy is None:
             raise self.fail(entry.index, f"card {card_id[:16]} is not a card of the log to revoke")
         statement = entry.revocation()
         if statement.card_id != card_id:
             raise self.fail(entry.index, "the revocation is for another card")
         known.status, known.status_at = "revoked", entry.index
-        self.jobs.append(
+        self.job(
             SignatureJob(
                 entry.index,
                 self.texts[card_id],
-                self.trust,
+                self.policy_text,
+                self.app_spki,
                 revocation_text=entry.data["revocation"],
             )
         )
@@ -744,15 +813,16 @@ def audit(
     app_spki: bytes,
     *,
     pinned: TreeHead | None = None,
-    map_jobs: JobMap = map,
-    chunk: int = 2000,
+    executor: Executor | None = None,
+    chunk: int = 1000,
 ) -> AuditReport:
     """L9: recompute the whole log and check it: entries in order, every policy along its
     chain, every card and revocation signature under the policy in force at its place, the
-    root of the signed head, and the pinned head as a prefix. `map_jobs` may run the
-    signature checks in parallel (a process pool's `map`). Raise naming the failing entry."""
+    root of the signed head, and the pinned head as a prefix. With `executor` (a process
+    pool) the signature checks run beside the pass, in chunks. Raise naming the failing
+    entry."""
     head.verify(app_spki)
-    state = _Audit(app_spki)
+    state = _Audit(app_spki, executor, chunk)
     frontier = Frontier()
     for expected, entry in enumerate(entries):
         if entry.index != expected:
@@ -770,9 +840,9 @@ def audit(
         )
     if pinned is not None and pinned.size > head.size:
         raise LogForkError(f"the log has fewer entries than the head pinned here: {ALERT}")
-    failures = [i for i in map_jobs(check_signatures, _chunks(state.jobs, chunk)) if i is not None]
-    if failures:
-        raise state.fail(min(failures), "a signature in it does not verify")
+    failed = state.first_failure()
+    if failed is not None:
+        raise state.fail(failed, "a signature in it does not verify")
     if frontier.root() != head.root:
         raise LogProofError(
             f"the log's entries do not make up its signed head (a rewritten entry): {ALERT}"

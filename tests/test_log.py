@@ -244,6 +244,11 @@ def test_a_server_restored_from_an_older_backup_is_refused(
         status, out = cli(bob, "card", "find", directory.alice.name)
         assert status != 0
         assert "a rollback" in out and "security officer" in out
+        # Once the officers confirm the restore, the user drops the kept head.
+        status, out = cli(bob, "log", "forget", "--yes")
+        assert status == 0, out
+        status, out = cli(bob, "card", "find", directory.alice.name)
+        assert status == 0, out
     finally:
         restored.terminate()
         restored.wait(timeout=10)

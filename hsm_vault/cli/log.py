@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hsm_vault.cli.common import JsonOpt, console, print_json
+from hsm_vault.cli.common import JsonOpt, YesOpt, console, print_json
 from hsm_vault.config import Config
 from hsm_vault.errors import LogForkError, LogProofError, UsageError
 from hsm_vault.trust.log import ALERT, LogEntry, LogState, SignedTreeHead
@@ -220,6 +220,27 @@ def show(
     console.print(
         f"({len(rows)} of {state.size} entries; head root {state.head.head.root_hex[:16]}..)"
     )
+
+
+@log_app.command("forget")
+def forget(yes: YesOpt = False) -> None:
+    """Drop the log head kept for the server (after a restore your officers confirmed): the
+    next contact accepts the server's head as on a first contact."""
+    from hsm_vault.client.logsync import LOG_STATE_KEY
+
+    config = Config.load()
+    if LOG_STATE_KEY not in config.extra:
+        console.print("no log head is kept")
+        return
+    if not yes:
+        typer.confirm(
+            "Forget the log head kept here? Do this only when your security officer says so",
+            default=False,
+            abort=True,
+        )
+    del config.extra[LOG_STATE_KEY]
+    config.save()
+    console.print("the kept log head is forgotten; the next contact pins the server's head")
 
 
 def _row(entry: LogEntry) -> dict[str, Any]:

@@ -196,4 +196,14 @@ as alice card refresh
 step "New files can no longer be encrypted to bob"
 refused alice encrypt --to bob -o "$DEMO/after.hsmv" "$DEMO/report.txt"
 
+step "The transparency log: every approval, revocation and account event, signed; olga audits
+it, alice lists every card ever bound to her name and compares heads with bob"
+as olga log verify
+as olga log show --since 0
+as alice log monitor alice
+head=$(HSM_VAULT_HOME=$DEMO/home/bob "$HV" log head --json |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["root"])')
+echo "bob's head: $head"
+as alice log head --expect-head "$head"
+
 step "Done: the whole flow ran; .demo/ is removed on exit"

@@ -219,6 +219,11 @@ def test_a_policy_change_needs_the_quorum_and_a_forged_one_is_refused(officers: 
     status, out = cli(bob, "policy", "show", "--json")
     assert status == 0, out
     assert json.loads(out)["serial"] == 4 and json.loads(out)["approvals"] == 1
+    # The transparency log holds the ceremony, the quorum change and the approvals, and
+    # every officer signature in it verifies.
+    status, out = cli(bob, "log", "verify", "--json")
+    assert status == 0, out
+    assert json.loads(out)["policy_serial"] == 4 and json.loads(out)["events"]["card-approved"] >= 3
 
     # A forgery: policy 5 with no officers and no approvals, signed by the app key alone.
     from hsm_vault.cards.model import now_utc

@@ -39,7 +39,7 @@ from hsm_vault.errors import (
     LogStale,
     LogWithheld,
 )
-from hsm_vault.trust.cards import TrustPolicy, verify_card, verify_revocation
+from hsm_vault.trust.cards import APP, TrustPolicy, verify_card, verify_revocation
 from hsm_vault.trust.merkle import HASH_SIZE, Frontier, leaf_hash, verify_consistency
 from hsm_vault.trust.merkle import verify_inclusion as _verify_inclusion
 from hsm_vault.trust.policy import SignedPolicy, accept_policy, verify_genesis
@@ -654,7 +654,16 @@ class _CardFacts:
 
 @functools.lru_cache(maxsize=64)
 def _card_trust(policy_text: str, app_spki: bytes) -> TrustPolicy:
-    return SignedPolicy.from_text(policy_text).card_trust(app_spki)
+    """The trust for cards approved under a policy; during the bootstrap (fewer officers than
+    approvals) the application key alone approves, as the ceremony does for officers' cards."""
+    policy = SignedPolicy.from_text(policy_text)
+    if policy.body.complete:
+        return policy.card_trust(app_spki)
+    return TrustPolicy(
+        required=frozenset({APP}),
+        trusted={APP: (app_spki,)},
+        officers=tuple(o.key for o in policy.body.officers),
+    )
 
 
 def check_signatures(jobs: Iterable[SignatureJob]) -> int | None:

@@ -509,7 +509,17 @@ def inspect(
     out = typer.echo
     out(f"file:       {file}")
     out("format:     hsm-vault v1, " + header.payload.algorithm)
-    out(f"size:       {plaintext_size} bytes of plaintext (chunks of {header.payload.chunk_size})")
+    if plaintext_size is None:
+        out(
+            "size:       UNKNOWN: the file's size fits no complete file; it was truncated or "
+            "extended, and decrypting it will fail"
+        )
+    else:
+        chunk = header.payload.chunk_size
+        out(
+            f"size:       {plaintext_size} bytes of plaintext (chunks of {chunk}), from the "
+            "file's size; decrypt verifies it"
+        )
     out(f"recipients: {len(recipients)}")
     for r in recipients:
         name = f"  {r['identity']}" if r["identity"] else ""

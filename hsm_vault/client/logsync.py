@@ -16,6 +16,7 @@ from hsm_vault.cards.model import Card
 from hsm_vault.client import VaultClient
 from hsm_vault.config import Config
 from hsm_vault.errors import LogError, LogForkError, LogFormatError, LogProofError, ServerError
+from hsm_vault.trust import SignedPolicy
 from hsm_vault.trust.entries import StatedCard
 from hsm_vault.trust.log import (
     ALERT,
@@ -38,10 +39,14 @@ from hsm_vault.trust.merkle import Frontier
 LOG_STATE_KEY = "log"
 
 
-def max_age_seconds(config: Config) -> int:
-    """The oldest tree head this client accepts: the config's log-max-age-hours, else 24 h."""
+def max_age_seconds(config: Config, policy: SignedPolicy | None = None) -> int:
+    """The oldest tree head this client accepts: the pinned policy's max_head_age (the
+    officers' rule), else 24 h; the config's log-max-age-hours only makes it shorter."""
+    limit = DEFAULT_MAX_AGE_SECONDS
+    if policy is not None and policy.body.max_head_age is not None:
+        limit = policy.body.max_head_age
     hours = config.log_max_age_hours
-    return DEFAULT_MAX_AGE_SECONDS if hours is None else int(hours) * 3600
+    return limit if hours is None else min(limit, int(hours) * 3600)
 
 
 def kept_state(config: Config, app_fingerprint: str) -> LogState | None:
@@ -61,13 +66,19 @@ def kept_state(config: Config, app_fingerprint: str) -> LogState | None:
 class LogSync:
     """A server's log as this client keeps it; `sync` brings it to the server's head."""
 
-    def __init__(self, client: VaultClient, config: Config, app_spki: bytes) -> None:
+    def __init__(
+        self,
+        client: VaultClient,
+        config: Config,
+        app_spki: bytes,
+        policy: SignedPolicy | None = None,
+    ) -> None:
         from hsm_vault.algorithms import spki_fingerprint
 
         self.client = client
         self.config = config
         self.app_spki = app_spki
-        self.max_age = max_age_seconds(config)
+        self.max_age = max_age_seconds(config, policy)
         self.state = kept_state(config, spki_fingerprint(app_spki))
 
     def _entries(self, start: int, end: int) -> list[LogEntry]:

@@ -13,16 +13,20 @@ from dataclasses import replace
 
 from hsm_vault.client import VaultClient
 from hsm_vault.client.logsync import LogSync
-from hsm_vault.config import Config
+from hsm_vault.config import Config, attestation_roots
 from hsm_vault.errors import ServerTrustError
 from hsm_vault.trust import TrustAnchors, verify_chain
 from hsm_vault.trust.anchors import PINNED_POLICY_KEY
 
 
 def pinned_anchors(config: Config) -> TrustAnchors:
-    """The anchors in the config: the application key, and the policy pinned for that key."""
+    """The anchors in the config: the application key, the policy pinned for that key, and
+    the attestation roots this machine trusts."""
     return TrustAnchors.from_pinned(
-        config.app_key_spki, config.app_fingerprint, config.extra.get(PINNED_POLICY_KEY)
+        config.app_key_spki,
+        config.app_fingerprint,
+        config.extra.get(PINNED_POLICY_KEY),
+        attestation_roots(),
     )
 
 
@@ -36,7 +40,7 @@ def update_policy(client: VaultClient, config: Config) -> TrustAnchors:
     server's log is not an extension of the one seen here (or its head is too old).
     """
     anchors = _update_policy(client, config)
-    log = LogSync(client, config, anchors.app_spki)
+    log = LogSync(client, config, anchors.app_spki, anchors.policy)
     log.sync()
     return replace(anchors, log=log)
 
@@ -63,4 +67,4 @@ def _update_policy(client: VaultClient, config: Config) -> TrustAnchors:
     verify_chain(chain, anchors.app_spki, held)
     config.extra[PINNED_POLICY_KEY] = current.to_text()
     config.save()
-    return TrustAnchors(anchors.app_spki, current)
+    return replace(anchors, policy=current)

@@ -82,6 +82,8 @@ class LogStateRecord(Base):
     head: Mapped[str | None] = mapped_column(Text, nullable=True)
     head_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     head_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: The policy's max_head_age, when the policy in force sets one (seconds).
+    max_age: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     def compact(self) -> Frontier:
         hashes = tuple(bytes.fromhex(h) for h in self.frontier.split(",") if h)
@@ -155,7 +157,17 @@ def card_revoked(db: Session, record: CardRecord, by: str) -> None:
 
 
 def policy_adopted(db: Session, policy_text: str, by: str) -> None:
+    """Log a policy put in force, and keep its maximum head age for signing heads."""
+    from hsm_vault.trust import SignedPolicy
+
     append(db, EntryKind.POLICY_ADOPTED, by, {"policy": policy_text}, subject="policy")
+    _state(db, lock=False).max_age = SignedPolicy.from_text(policy_text).body.max_head_age
+
+
+def max_age_seconds(db: Session, configured: int) -> int:
+    """The maximum head age in force: the server's setting, or the policy's if shorter."""
+    policy_age = _state(db, lock=False).max_age
+    return configured if policy_age is None else min(configured, policy_age)
 
 
 def account_event(db: Session, kind: EntryKind, user: User, by: str, **extra: Any) -> None:
@@ -190,26 +202,19 @@ def _sign(db: Session, app_key: ApplicationKey, state: LogStateRecord) -> str:
     return text
 
 
-def head_in(db: Session, app_key: ApplicationKey, refresh_seconds: int) -> str:
+def head_in(db: Session, app_key: ApplicationKey, max_age_seconds: int) -> str:
     """The signed head of the log as `db`'s transaction sees it, signing a new one when the
-    log grew or the last is older than `refresh_seconds` (the caller commits)."""
+    log grew or the last is older than 1/24 of the maximum age (the server's setting, or the
+    policy's if shorter). The caller commits."""
     state = _state(db, lock=False)
+    if state.max_age is not None:
+        max_age_seconds = min(max_age_seconds, state.max_age)
     fresh = state.head_at is not None and (utcnow() - state.head_at).total_seconds() < (
-        refresh_seconds
+        max_age_seconds / 24
     )
     if state.head is not None and state.head_size == state.size and fresh:
         return state.head
     return _sign(db, app_key, state)
-
-
-def current_head(sessions: Any, app_key: ApplicationKey, refresh_seconds: int) -> str:
-    """The current signed head for a read request: one row read, and a write only when a new
-    head must be signed (in its own short transaction)."""
-    with sessions() as db:
-        text = head_in(db, app_key, refresh_seconds)
-        if db.new or db.dirty:
-            db.commit()
-        return text
 
 
 def head_at_most(db: Session, size: int) -> str | None:

@@ -46,7 +46,7 @@ class SignedHeadOut(BaseModel):
 
 def _head(request: Request, db: DbDep) -> tuple[str, SignedTreeHead]:
     settings = request.app.state.settings
-    text = log.head_in(db, request.app.state.app_key, settings.log_head_refresh_seconds)
+    text = log.head_in(db, request.app.state.app_key, settings.log_max_age_seconds)
     if db.new or db.dirty:
         db.commit()
     return text, SignedTreeHead.from_text(text)
@@ -68,7 +68,7 @@ def get_head(
         head=text,
         size=head.size,
         root=head.root.hex(),
-        max_age_seconds=request.app.state.settings.log_max_age_seconds,
+        max_age_seconds=log.max_age_seconds(db, request.app.state.settings.log_max_age_seconds),
         consistency=None if since is None else cache.consistency(db, head, since),
         frontier=cache.frontier(db, head, head.size),
     )

@@ -49,9 +49,9 @@ class ServerSettings:
     auth_failure_window_seconds: int = 15 * 60
     #: Upper bound for JSON request bodies (blob uploads set their own limit).
     max_json_bytes: int = 64 * 1024
-    #: The oldest signed tree head clients accept by default (announced in GET /v1/log/head);
-    #: the server signs a fresh head every 1/24 of it, so a running server's head is never
-    #: older than that. (To move into the signed policy with its next version.)
+    #: The oldest signed tree head clients accept by default (announced in GET /v1/log/head;
+    #: a policy's max_head_age, if shorter, wins); the server signs a fresh head every 1/24
+    #: of it, so a running server's head is never older than that.
     log_max_age_seconds: int = 24 * 3600
     #: Settings of other server parts (e.g. the blob store), kept as given.
     extra: dict[str, Any] | None = None
@@ -70,11 +70,6 @@ class ServerSettings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'hsm-vault.db').resolve()}"
-
-    @property
-    def log_head_refresh_seconds(self) -> int:
-        """How old a signed tree head may get before the server signs a fresh one."""
-        return self.log_max_age_seconds // 24
 
     @property
     def settings_path(self) -> Path:

@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("head", sa.Text(), nullable=True),
         sa.Column("head_size", sa.Integer(), nullable=True),
         sa.Column("head_at", sa.DateTime(), nullable=True),
+        sa.Column("max_age", sa.Integer(), nullable=True),
     )
     with op.batch_alter_table("cards") as batch:
         batch.add_column(sa.Column("log_index", sa.Integer(), nullable=True))

@@ -226,3 +226,25 @@ def test_audit_of_a_whole_log() -> None:
         audit([*entries[:2], tampered, *entries[3:]], head, app)
     with pytest.raises(LogProofError, match="log entry 1 is missing or out of order"):
         audit([entries[0], entries[2]], head, app)
+
+
+def test_the_signed_policy_sets_the_maximum_head_age() -> None:
+    """L6: the pinned policy's max_head_age wins over the 24 h default; the user's setting can
+    only make it shorter. A head 3 hours old is refused under a 2-hour policy."""
+    from hsm_vault.client.logsync import max_age_seconds
+    from hsm_vault.config import Config
+    from hsm_vault.trust import PolicyBody, SignedPolicy
+
+    body = PolicyBody(1, "ab" * 32, 0, (), "2026-03-01T10:00:00Z", None, version=2)
+    strict = SignedPolicy(PolicyBody(**{**body.__dict__, "max_head_age": 7200}))
+    assert max_age_seconds(Config(), None) == 24 * 3600
+    assert max_age_seconds(Config(), SignedPolicy(body)) == 24 * 3600
+    assert max_age_seconds(Config(), strict) == 7200
+    assert max_age_seconds(Config(log_max_age_hours=1), strict) == 3600
+    assert max_age_seconds(Config(log_max_age_hours=48), strict) == 7200
+    fields = read_vector(VECTORS / "ok-head.txt")
+    head = SignedTreeHead.from_text(fields["head"])
+    later = datetime(2026, 3, 1, 13, 0, tzinfo=UTC)  # the head was signed at 10:00
+    check_fresh(head, later, 24 * 3600)
+    with pytest.raises(LogStale, match="2 h accepted"):
+        check_fresh(head, later, max_age_seconds(Config(), strict))

@@ -15,6 +15,7 @@ The specification of what is verified and what is recorded: docs/cards.md, "Atte
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -110,8 +111,10 @@ def _self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
+@functools.cache
 def yubico_roots() -> tuple[x509.Certificate, ...]:
-    """Yubico's PIV attestation root, checked against its pinned fingerprint."""
+    """Yubico's PIV attestation root, checked against its pinned fingerprint (once: every
+    card verification asks for it, and the check costs a signature verification)."""
     root = x509.load_pem_x509_certificate(YUBICO_PIV_ROOT_PEM)
     der = root.public_bytes(serialization.Encoding.DER)
     if hashlib.sha256(der).hexdigest() != YUBICO_PIV_ROOT_SHA256 or not _self_signed(root):

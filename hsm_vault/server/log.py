@@ -237,6 +237,16 @@ class LogCache:
     def __init__(self) -> None:
         self._tree = MerkleTree()
         self._lock = threading.Lock()
+        self._head: tuple[str, SignedTreeHead] | None = None
+
+    def parsed(self, text: str) -> SignedTreeHead:
+        """The head `text` parsed (the last one is kept: every answer carries the same head)."""
+        held = self._head
+        if held is not None and held[0] == text:
+            return held[1]
+        head = SignedTreeHead.from_text(text)
+        self._head = (text, head)
+        return head
 
     def _sync(self, db: Session, head: SignedTreeHead) -> MerkleTree:
         tree = self._tree
@@ -308,7 +318,7 @@ def card_logs(
 ) -> dict[str, dict[str, Any] | None]:
     """For each card record, its approval and latest status entries with their proofs in
     the head (None for cards the log does not hold: pending, rejected)."""
-    head = SignedTreeHead.from_text(head_text)
+    head = cache.parsed(head_text)
     wanted = [i for r in records for i in (r.log_index, r.status_index) if i is not None]
     bodies = entry_bodies(db, wanted)
     proofs = cache.proofs(db, head, wanted)

@@ -49,7 +49,8 @@ def _head(request: Request, db: DbDep) -> tuple[str, SignedTreeHead]:
     text = log.head_in(db, request.app.state.app_key, settings.log_max_age_seconds)
     if db.new or db.dirty:
         db.commit()
-    return text, SignedTreeHead.from_text(text)
+    cache: log.LogCache = request.app.state.log_cache
+    return text, cache.parsed(text)
 
 
 @router.get("/head", response_model=HeadOut)

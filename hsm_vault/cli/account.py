@@ -11,7 +11,7 @@ import hmac
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -160,23 +160,41 @@ def login(
     console.print(f"pinned application key {fingerprint}")
 
 
-def logout(json_out: JsonOpt = False) -> None:
+def logout(
+    everywhere: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Revoke every API token of your account (every machine you logged in on), "
+            "e.g. after a laptop was lost.",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """Revoke the API token on the server and remove it from the config file."""
     from hsm_vault.client import VaultClient
 
     config = Config.load()
     if not config.api_token:
         raise NotLoggedIn("not logged in")
-    revoked = True
+    revoked = 1
     with VaultClient.from_config(config) as client:
         try:
-            client.logout()
+            if everywhere:
+                revoked = client.logout_all()
+            else:
+                client.logout()
         except AuthenticationFailed:
-            revoked = False  # expired or revoked already: forgetting it is all that is left
+            if everywhere:
+                raise
+            revoked = 0  # expired or revoked already: forgetting it is all that is left
     config.api_token = None
     config.save()
     if json_out:
         print_json({"server": config.server_url, "revoked": revoked})
+        return
+    if everywhere:
+        console.print(f"logged out of {config.server_url} everywhere ({revoked} token(s) revoked)")
         return
     console.print(f"logged out of {config.server_url}")
 
@@ -205,8 +223,67 @@ def whoami(json_out: JsonOpt = False) -> None:
     console.print(f"application key: {info['app_fingerprint']}")
 
 
+account_app = typer.Typer(
+    name="account",
+    help="Manage other people's accounts on the server (officers and admins).",
+    no_args_is_help=True,
+)
+UserArg = Annotated[str, typer.Argument(help="The account's user name.")]
+
+
+def _officer_client() -> Any:
+    from hsm_vault.client import client_from_config
+
+    return client_from_config()
+
+
+@account_app.command("list")
+def account_list(json_out: JsonOpt = False) -> None:
+    """Every account with its API tokens (created, last used, expiry) and enrolment codes."""
+    from hsm_vault.cli.shapes import print_accounts
+
+    with _officer_client() as client:
+        users = client.list_users()
+    print_accounts(users, json_out=json_out)
+
+
+@account_app.command("revoke-tokens")
+def account_revoke_tokens(user: UserArg, json_out: JsonOpt = False) -> None:
+    """Revoke every API token of USER (a stolen laptop); they log in again with a new code."""
+    with _officer_client() as client:
+        count = client.revoke_user_tokens(user)
+    if json_out:
+        print_json({"username": user, "revoked": count})
+        return
+    console.print(f"revoked {count} API token(s) of {user}", markup=False)
+
+
+def _set_disabled(user: str, disabled: bool, json_out: bool) -> None:
+    from hsm_vault.cli.shapes import print_accounts
+
+    with _officer_client() as client:
+        account = client.set_user_disabled(user, disabled)
+    if json_out:
+        print_json(account)
+        return
+    print_accounts([account], json_out=False)
+
+
+@account_app.command("disable")
+def account_disable(user: UserArg, json_out: JsonOpt = False) -> None:
+    """Disable USER: every request with their tokens, and their enrolment codes, are refused."""
+    _set_disabled(user, True, json_out)
+
+
+@account_app.command("enable")
+def account_enable(user: UserArg, json_out: JsonOpt = False) -> None:
+    """Enable USER again (tokens that are neither revoked nor expired work again)."""
+    _set_disabled(user, False, json_out)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `login`, `logout` and `whoami`."""
+    """Add `login`, `logout`, `whoami` and the `account` group."""
     app.command("login")(login)
     app.command("logout")(logout)
     app.command("whoami")(whoami)
+    app.add_typer(account_app, name="account")

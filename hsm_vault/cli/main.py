@@ -29,6 +29,7 @@ COMMAND_MODULES = {
     "login": "account",
     "logout": "account",
     "whoami": "account",
+    "account": "account",
     "server": "server",
     "store": "store",
 }

@@ -328,27 +328,90 @@ def enrol_code(
         engine.dispose()
 
 
+def _host_accounts(settings: ServerSettings, name: str | None = None) -> list[dict[str, Any]]:
+    """Accounts as the API's `GET /v1/users` shows them, read from the database."""
+    from hsm_vault.server.accounts import account_reports
+    from hsm_vault.server.routes_accounts import UserOut
+
+    engine, sessions = _open_db(settings)
+    try:
+        with sessions() as db:
+            return [
+                UserOut.from_report(r).model_dump(mode="json") for r in account_reports(db, name)
+            ]
+    finally:
+        engine.dispose()
+
+
 @server_app.command("users")
 def users(
     data: DataOpt = None, database_url: DatabaseOpt = None, json_out: JsonOpt = False
 ) -> None:
-    """List the accounts."""
-    from hsm_vault.server.accounts import list_users
+    """List the accounts with their API tokens and enrolment codes."""
+    from hsm_vault.cli.shapes import print_accounts
+
+    print_accounts(_host_accounts(_load(data, database_url=database_url)), json_out=json_out)
+
+
+@server_app.command("revoke-tokens")
+def revoke_tokens(
+    name: Annotated[str, typer.Argument(help="An existing user name.")],
+    data: DataOpt = None,
+    database_url: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke every API token of an account (a stolen laptop); they need a new enrolment code."""
+    from hsm_vault.server.accounts import revoke_tokens as revoke
 
     settings = _load(data, database_url=database_url)
     engine, sessions = _open_db(settings)
     try:
         with sessions() as db:
-            rows = [
-                {"username": u.name, "role": u.role, "identity": u.identity} for u in list_users(db)
-            ]
+            count = revoke(db, name)
     finally:
         engine.dispose()
     if json_out:
-        print_json(rows)
+        print_json({"username": name, "revoked": count})
         return
-    for row in rows:
-        console.print(f"{row['username']:<20} {row['role']:<8} {row['identity']}")
+    console.print(f"revoked {count} API token(s) of {name}", markup=False)
+
+
+def _host_set_disabled(
+    name: str, disabled: bool, data: Path | None, database_url: str | None, json_out: bool
+) -> None:
+    from hsm_vault.cli.shapes import print_accounts
+    from hsm_vault.server.accounts import set_disabled
+
+    settings = _load(data, database_url=database_url)
+    engine, sessions = _open_db(settings)
+    try:
+        with sessions() as db:
+            set_disabled(db, name, disabled)
+    finally:
+        engine.dispose()
+    print_accounts(_host_accounts(settings, name), json_out=json_out)
+
+
+@server_app.command("disable-user")
+def disable_user(
+    name: Annotated[str, typer.Argument(help="An existing user name.")],
+    data: DataOpt = None,
+    database_url: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Disable an account: its API tokens and enrolment codes are refused until enabled."""
+    _host_set_disabled(name, True, data, database_url, json_out)
+
+
+@server_app.command("enable-user")
+def enable_user(
+    name: Annotated[str, typer.Argument(help="An existing user name.")],
+    data: DataOpt = None,
+    database_url: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Enable a disabled account again."""
+    _host_set_disabled(name, False, data, database_url, json_out)
 
 
 @server_app.command("openapi")

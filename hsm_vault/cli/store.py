@@ -1,6 +1,6 @@
 """`hsm-vault store`: keep ciphertext on the server's blob store.
 
-    hsm-vault store put FILE [--name NAME] [--replace]
+    hsm-vault store put FILE [--name NAME] [--force] [--plaintext]
     hsm-vault store get NAME [-o OUT] [--force]      (NAME or OWNER/NAME)
     hsm-vault store list [--shared] [--json]
     hsm-vault store info NAME [--json]
@@ -52,11 +52,19 @@ def put(
         str | None, typer.Option("--name", "-n", help="Blob name (default: the file's name).")
     ] = None,
     replace: Annotated[
-        bool, typer.Option("--replace", help="Replace a blob of the same name.")
+        bool,
+        typer.Option("--force", "--replace", help="Replace a blob of the same name."),
+    ] = False,
+    plaintext: Annotated[
+        bool,
+        typer.Option(
+            "--plaintext",
+            help="Upload a file that is not hsm-vault encrypted, as it is: the server can read it.",
+        ),
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Upload FILE to the blob store, streamed."""
+    """Upload FILE (an encrypted FILE.hsmv) to the blob store, streamed."""
     from hsm_vault.client.blobs import upload_file
     from hsm_vault.envelope.format import MAGIC
 
@@ -64,6 +72,12 @@ def put(
         raise UsageError(f"{file} is not a file", hint="Give the path of an encrypted file.")
     with open(file, "rb") as probe:
         if probe.read(len(MAGIC)) != MAGIC:
+            if not plaintext:
+                raise UsageError(
+                    f"{file} is not an hsm-vault encrypted file: the server could read it",
+                    hint=f"Encrypt it first (hsm-vault encrypt --to ... {file} --upload), or "
+                    "pass --plaintext to store it as it is.",
+                )
             err_console.print(
                 f"[yellow]warning:[/] {file} is not an hsm-vault encrypted file: it is stored as "
                 "it is, and the server can read it."

@@ -80,14 +80,23 @@ def login(
         Path | None,
         typer.Option("--ca-bundle", help="CA certificates (PEM) to verify the server with."),
     ] = None,
+    trust_on_first_use: Annotated[
+        bool,
+        typer.Option(
+            "--trust-on-first-use",
+            help="Without --app-fingerprint and without a terminal (or with --yes): pin "
+            "whatever key the server offers. Check the printed fingerprint out of band later.",
+        ),
+    ] = False,
     yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Exchange a one-time enrolment code for an API token and pin the application key.
 
-    The token is stored in the config file (mode 0600). The server's application key
-    fingerprint is shown; compare it with the one your officer gave you, or pass it with
-    --app-fingerprint so the check is done for you.
+    The token is stored in the config file (mode 0600). Pass the application key fingerprint
+    your officer gave you (--app-fingerprint, all 64 hex digits) so the check is done for you;
+    otherwise it is shown and you are asked whether it matches. Without a terminal (or with
+    --yes) and without --app-fingerprint, login refuses unless --trust-on-first-use.
     """
     from hsm_vault.client import VaultClient, normalise_server_url
 
@@ -106,7 +115,14 @@ def login(
         app = client.app_key()
         fingerprint = app.fingerprint
         if app_fingerprint is not None:
-            if not hmac.compare_digest(normalise_fingerprint(app_fingerprint), fingerprint):
+            given = normalise_fingerprint(app_fingerprint)
+            if len(given) != len(fingerprint) or any(c not in "0123456789abcdef" for c in given):
+                raise UsageError(
+                    "--app-fingerprint needs the full fingerprint: 64 hex digits",
+                    hint="Give the full 64-hex fingerprint your officer gave you (colons and "
+                    "spaces are fine); a prefix is not enough.",
+                )
+            if not hmac.compare_digest(given, fingerprint):
                 raise ServerTrustError(
                     f"the server's application key fingerprint is {fingerprint}, "
                     "not the one you were given"
@@ -122,16 +138,25 @@ def login(
                 hint="Ask your security officer; if the change is expected, log in with "
                 "--app-fingerprint NEW.",
             )
-        else:
-            err_console.print(f"application key fingerprint: {fingerprint}")
-            if (
-                sys.stdin.isatty()
-                and not yes
-                and not typer.confirm(
+        elif not (config.server_url == url and config.app_fingerprint == fingerprint):
+            err_console.print(f"application key fingerprint: {fingerprint}", markup=False)
+            err_console.print(
+                "Check it against the fingerprint your security officer gave you out of band "
+                "(in person, on paper, on the intranet): it is what stops a false server.",
+                markup=False,
+            )
+            interactive = sys.stdin.isatty() and not yes
+            if interactive:
+                if not typer.confirm(
                     "Does it match the fingerprint your officer gave you?", default=False
+                ):
+                    raise typer.Abort()
+            elif not trust_on_first_use:
+                raise ServerTrustError(
+                    "not pinning an application key nobody checked",
+                    hint="Pass --app-fingerprint FP (the full 64 hex digits from your officer), "
+                    "or --trust-on-first-use to pin the key shown above.",
                 )
-            ):
-                raise typer.Abort()
         code = _read_code(code_file)
         enrolment = client.enrol(user, code)
     config.server_url = url

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 from server_fixture import RunningServer, unique
 from typer.testing import CliRunner
 
 from hsm_vault.cli.main import app
-from hsm_vault.client import VaultClient
 from hsm_vault.config import config_path
 
 runner = CliRunner()
@@ -46,3 +46,44 @@ def test_a_short_fingerprint_asks_for_the_full_one(vault_server: RunningServer) 
     assert status != 0
     assert "full 64-hex fingerprint" in out
     assert "not the one you were given" not in out and "security officer" not in out
+
+
+def test_blob_names_are_matched_in_full_on_both_sides(vault_server: RunningServer) -> None:
+    from hsm_vault.client.blobs import split_blob_name
+    from hsm_vault.errors import UsageError
+
+    account = vault_server.enrol(unique("names"))
+    headers = {"Authorization": f"Bearer {account.token}"}
+    answer = requests.put(
+        vault_server.url + "/v1/blobs/report%0A", data=b"abc", headers=headers, timeout=10
+    )
+    assert answer.status_code == 422
+    assert "invalid blob name" in answer.json()["detail"]
+    listed = requests.get(vault_server.url + "/v1/blobs", headers=headers, timeout=10).json()
+    assert listed["blobs"] == []
+    with pytest.raises(UsageError, match="invalid blob name"):
+        split_blob_name("report\n")
+
+
+def test_blob_routes_do_not_tell_which_users_exist(vault_server: RunningServer) -> None:
+    asker = vault_server.enrol(unique("asker"))
+    real = vault_server.enrol(unique("real")).name
+    ghost = unique("ghost")
+    headers = {"Authorization": f"Bearer {asker.token}"}
+    answers = {}
+    for owner in (real, ghost):
+        for method, path in (("GET", "/meta"), ("GET", ""), ("DELETE", "")):
+            answer = requests.request(
+                method,
+                f"{vault_server.url}/v1/blobs/x{path}",
+                params={"owner": owner},
+                headers=headers,
+                timeout=10,
+            )
+            answers[owner, method, path] = (
+                answer.status_code,
+                answer.text.replace(owner, "OWNER"),
+            )
+    for method, path in (("GET", "/meta"), ("GET", ""), ("DELETE", "")):
+        assert answers[real, method, path] == answers[ghost, method, path]
+        assert answers[real, method, path][0] == 404

@@ -39,11 +39,11 @@ from hsm_vault.errors import (
     ServerUnreachable,
     UsageError,
 )
+from hsm_vault.names import BLOB_NAME_RULE, is_blob_name
 
 CHUNK = 1024 * 1024
 #: Seconds to connect, and to wait between two reads of a streamed body.
 TIMEOUT = (10.0, 300.0)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$")
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just sent or received."""
@@ -113,10 +113,10 @@ class BlobMeta:
 def split_blob_name(full: str) -> tuple[str | None, str]:
     """`NAME` -> (None, NAME) for your own blob; `OWNER/NAME` -> (OWNER, NAME)."""
     owner, slash, name = full.rpartition("/")
-    if not _NAME.match(name) or (slash and not owner):
+    if not is_blob_name(name) or (slash and not owner):
         raise UsageError(
             f"invalid blob name {full!r}",
-            hint="Use 1-200 letters, digits and . _ + = @ -; name another user's blob OWNER/NAME.",
+            hint=f"Use {BLOB_NAME_RULE}; name another user's blob OWNER/NAME.",
         )
     return (owner or None), name
 

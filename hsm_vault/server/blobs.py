@@ -48,7 +48,7 @@ def new_blob_key() -> str:
 
 def _check_key(key: str) -> str:
     # Keys are server-chosen, but checking keeps a bad key from ever becoming a path.
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):
         raise ValueError(f"invalid blob storage key {key!r}")
     return key
 
@@ -270,7 +270,7 @@ class LocalBlobStore(BlobStore):
             if shard.name.startswith(".") or not shard.is_dir():
                 continue
             for entry in sorted(shard.iterdir()):
-                if _KEY_RE.match(entry.name) and entry.is_file():
+                if _KEY_RE.fullmatch(entry.name) and entry.is_file():
                     st = entry.stat()
                     found.append(
                         StoredObject(
@@ -464,7 +464,7 @@ class S3BlobStore(BlobStore):
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for item in page.get("Contents", []):
                 key = item["Key"][len(self.prefix) :]
-                if _KEY_RE.match(key):
+                if _KEY_RE.fullmatch(key):
                     found.append(StoredObject(key, int(item["Size"]), item["LastModified"]))
         return found
 

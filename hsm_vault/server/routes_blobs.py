@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from hsm_vault.envelope.format import MAC_LENGTH, MAX_BODY_LENGTH, PREFIX_LENGTH
 from hsm_vault.errors import ConfigError, TooLarge
+from hsm_vault.names import BLOB_NAME_RULE, is_blob_name
 from hsm_vault.server.auth import CurrentUser, DbDep
 from hsm_vault.server.blob_models import BlobRecipient, BlobRecord
 from hsm_vault.server.blobs import (
@@ -50,8 +51,6 @@ from hsm_vault.server.db import User, utcnow
 from hsm_vault.server.problems import Problem
 from hsm_vault.server.settings import ServerSettings
 
-BLOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$"
-_BLOB_NAME = re.compile(BLOB_NAME_PATTERN)
 GiB = 1024 * 1024 * 1024
 # Coalesce the ASGI body messages (~64 KiB) before each hop to the worker thread.
 _WRITE_BATCH = 1024 * 1024
@@ -161,12 +160,8 @@ def key_ids_of_user(db: Session, user: User) -> set[str]:
 
 
 def _check_name(name: str) -> str:
-    if not _BLOB_NAME.match(name):
-        raise Problem(
-            422,
-            f"invalid blob name {name!r}: use 1-200 letters, digits and . _ + = @ -, "
-            "starting with a letter or digit",
-        )
+    if not is_blob_name(name):
+        raise Problem(422, f"invalid blob name {name!r}: use {BLOB_NAME_RULE}")
     return name
 
 
@@ -190,21 +185,25 @@ def _used_bytes(db: Session, user_id: int) -> int:
     )
 
 
-def _find_owner(db: Session, caller: User, owner: str | None) -> User:
+def _find_owner(db: Session, caller: User, owner: str | None) -> User | None:
+    """The named owner, or None if there is no such user (answered like a missing blob)."""
     if owner is None or owner == caller.name:
         return caller
-    user = db.scalar(select(User).where(User.name == owner))
-    if user is None:
-        raise Problem(404, f"no user named {owner!r}")
-    return user
+    return db.scalar(select(User).where(User.name == owner))
 
 
-def _find_blob(db: Session, owner: User, name: str) -> BlobRecord:
-    record = db.scalar(
-        select(BlobRecord).where(BlobRecord.owner_id == owner.id, BlobRecord.name == name)
+def _find_blob(db: Session, owner: User | None, owner_name: str, name: str) -> BlobRecord:
+    # An unknown user and a known user without that blob get the same answer, so the blob
+    # routes cannot be used to find out which user names exist.
+    record = (
+        db.scalar(
+            select(BlobRecord).where(BlobRecord.owner_id == owner.id, BlobRecord.name == name)
+        )
+        if owner is not None
+        else None
     )
     if record is None:
-        raise Problem(404, f"no blob named {name!r} owned by {owner.name}")
+        raise Problem(404, f"no blob named {name!r} owned by {owner_name}")
     return record
 
 
@@ -212,13 +211,13 @@ def _readable_blob(db: Session, caller: User, owner_name: str | None, name: str)
     """The blob, if the caller owns it or is one of its recipients; 403 otherwise."""
     _check_name(name)
     owner = _find_owner(db, caller, owner_name)
-    record = _find_blob(db, owner, name)
+    record = _find_blob(db, owner, owner_name or caller.name, name)
     if record.owner_id == caller.id:
         return record
     recipients = {r.key_id for r in record.recipients}
     if recipients and recipients & key_ids_of_user(db, caller):
         return record
-    raise Problem(403, f"you are neither the owner nor a recipient of {owner.name}/{name}")
+    raise Problem(403, f"you are neither the owner nor a recipient of {owner_name}/{name}")
 
 
 def blob_metadata(record: BlobRecord, owner_name: str) -> dict[str, Any]:
@@ -505,10 +504,10 @@ def delete_blob(
 ) -> Response:
     """Delete one of the caller's own blobs (a recipient may read, never delete)."""
     _check_name(name)
-    blob_owner = _find_owner(db, user, owner)
-    record = _find_blob(db, blob_owner, name)
+    owner_name = owner or user.name
+    record = _find_blob(db, _find_owner(db, user, owner), owner_name, name)
     if record.owner_id != user.id:
-        raise Problem(403, f"only {blob_owner.name} may delete {blob_owner.name}/{name}")
+        raise Problem(403, f"only {owner_name} may delete {owner_name}/{name}")
     storage_key = record.storage_key
     db.delete(record)
     db.commit()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from hsm_vault.errors import (
     HsmVaultError,
     UsageError,
 )
+from hsm_vault.outputs import complete_file
 
 if TYPE_CHECKING:
     from hsm_vault.cards import Card
@@ -171,8 +171,8 @@ def open_input(src: Path | None) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _atomic_output(dst: Path | None, mode: int) -> Iterator[BinaryIO]:
-    """A temporary file next to `dst`, renamed onto it only if the block succeeds."""
+def _atomic_output(dst: Path | None, mode: int, *, force: bool) -> Iterator[BinaryIO]:
+    """stdout, or a file that becomes `dst` only if the block succeeds (hsm_vault.outputs)."""
     if dst is None:
         sys.stdout.flush()
         try:
@@ -190,20 +190,8 @@ def _atomic_output(dst: Path | None, mode: int) -> Iterator[BinaryIO]:
                 "with the file.",
             ) from None
         return
-    parent = dst.parent if str(dst.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=parent)
-    except OSError as exc:
-        raise UsageError(f"cannot write in {parent}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            yield out
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with complete_file(dst, mode, replace=force) as out:
+        yield out
 
 
 def _public_mode() -> int:
@@ -227,7 +215,7 @@ def encrypt_file(
     only when complete.
     """
     _check_output(src, dst, force)
-    with open_input(src) as source, _atomic_output(dst, _public_mode()) as out:
+    with open_input(src) as source, _atomic_output(dst, _public_mode(), force=force) as out:
         return encrypt(source, out, recipients, signer, progress=progress)
 
 
@@ -264,7 +252,7 @@ def decrypt_stream(
     """Decrypt an open stream (a file, a pipe, a download) to `dst`, as `decrypt_file` does."""
     _check_output(None, dst, force)
     header = read_header(source)  # fail before creating any output file
-    with _atomic_output(dst, 0o600) as out:
+    with _atomic_output(dst, 0o600, force=force) as out:
         return decrypt(source, out, identities, verifier, progress=progress, header=header)
 
 

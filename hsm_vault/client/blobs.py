@@ -20,7 +20,6 @@ import hashlib
 import io
 import os
 import re
-import secrets
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -40,6 +39,7 @@ from hsm_vault.errors import (
     UsageError,
 )
 from hsm_vault.names import BLOB_NAME_RULE, is_blob_name
+from hsm_vault.outputs import complete_file
 
 CHUNK = 1024 * 1024
 #: Seconds to connect, and to wait between two reads of a streamed body.
@@ -323,20 +323,11 @@ def download_file(
     if out.exists() and not force:
         raise FileExistsRefused(f"{out} exists already")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.part")
     written = 0
-    try:
-        with open(tmp, "xb") as sink:
-            for chunk in download_stream(client, name, progress=progress):
-                sink.write(chunk)
-                written += len(chunk)
-            sink.flush()
-            os.fsync(sink.fileno())
-        if out.exists() and not force:  # created while we were downloading
-            raise FileExistsRefused(f"{out} exists already")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with complete_file(out, 0o600, replace=force) as sink:
+        for chunk in download_stream(client, name, progress=progress):
+            sink.write(chunk)
+            written += len(chunk)
     return written
 
 

@@ -17,7 +17,7 @@ from hsm_vault.algorithms import KeyType
 from hsm_vault.cli.common import JsonOpt, ModuleOpt, console, err_console, print_json
 from hsm_vault.config import data_dir as default_data_root
 from hsm_vault.errors import UsageError
-from hsm_vault.server.settings import SERVER_PIN_ENV, ServerSettings
+from hsm_vault.server.settings import DATABASE_PASSWORD_ENV, SERVER_PIN_ENV, ServerSettings
 
 server_app = typer.Typer(
     name="server",
@@ -49,8 +49,18 @@ DatabaseOpt = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@host/db "
-        "(default: SQLite in the data folder).",
+        help="SQLAlchemy database URL without a password, e.g. postgresql+psycopg://user@host/db "
+        "(default: SQLite in the data folder). The password comes from ~/.pgpass (PGPASSFILE), "
+        f"a libpq service file, ${DATABASE_PASSWORD_ENV} or --database-password-file.",
+        show_default=False,
+    ),
+]
+DatabasePasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--database-password-file",
+        help="File (mode 0600) whose first line is the database password; its path is kept "
+        "in server.json, never the password.",
         show_default=False,
     ),
 ]
@@ -91,6 +101,7 @@ def init(
     module: ModuleOpt = None,
     pin_file: ServerPinFileOpt = None,
     database_url: DatabaseOpt = None,
+    database_password_file: DatabasePasswordFileOpt = None,
     auto_approve: Annotated[
         bool | None,
         typer.Option(
@@ -157,6 +168,7 @@ def init(
         module=module,
         pin_file=pin_file.resolve() if pin_file else None,
         database_url=database_url,
+        database_password_file=database_password_file.resolve() if database_password_file else None,
         auto_approve=auto_approve,
         api_token_ttl_seconds=token_days * 86400 if token_days else None,
         enrolment_ttl_seconds=code_hours * 3600 if code_hours else None,
@@ -171,13 +183,17 @@ def init(
         )
         if value is not None
     }
+    if blob_store is not None:
+        from hsm_vault.server.blobs import check_blob_store_url
+
+        check_blob_store_url(blob_store)
     if blob_settings:
         extra = dict(settings.extra or {})
         extra["blobs"] = {**(extra.get("blobs") or {}), **blob_settings}
         settings = replace(settings, extra=extra)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     info, created = ensure_application_key(settings, key_type)
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.engine_url())
     try:
         migrate_to_head(engine)
         revision = schema_revision(engine)
@@ -216,8 +232,14 @@ def run(
         Path | None, typer.Option("--tls-key", help="PEM private key for HTTPS.")
     ] = None,
     database_url: DatabaseOpt = None,
+    database_password_file: DatabasePasswordFileOpt = None,
     pin_file: ServerPinFileOpt = None,
-    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level", help="uvicorn's log level: critical, error, warning, info, debug."
+        ),
+    ] = "info",
 ) -> None:
     """Serve the API (HTTP on loopback by default; give --tls-cert/--tls-key elsewhere).
 
@@ -238,7 +260,10 @@ def run(
             "use --tls-cert/--tls-key or a TLS-terminating proxy."
         )
     settings = _load(
-        data, database_url=database_url, pin_file=pin_file.resolve() if pin_file else None
+        data,
+        database_url=database_url,
+        database_password_file=database_password_file.resolve() if database_password_file else None,
+        pin_file=pin_file.resolve() if pin_file else None,
     )
     with open_resources(settings) as resources:
         scheme = "https" if tls_cert else "http"
@@ -260,7 +285,7 @@ def run(
 def _open_db(settings: ServerSettings) -> tuple[Engine, sessionmaker[Any]]:
     from hsm_vault.server.db import make_engine, make_sessionmaker, migrate_to_head
 
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.engine_url())
     migrate_to_head(engine)
     return engine, make_sessionmaker(engine)
 

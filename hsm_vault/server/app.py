@@ -51,7 +51,7 @@ class ServerResources:
 @contextmanager
 def open_resources(settings: ServerSettings) -> Iterator[ServerResources]:
     """Migrate the database to the newest schema and open the application key."""
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.engine_url())
     try:
         migrate_to_head(engine)
         with open_application_key(settings) as app_key:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from hsm_vault.config import make_private_dir
 from hsm_vault.errors import ConfigError, NotFoundOnServer, ServerError, TooLarge
 
 READ_CHUNK = 1024 * 1024
@@ -192,9 +193,11 @@ class _LocalWriter(BlobWriter):
     def __init__(self, final: Path, tmp_dir: Path, key: str, max_size: int | None) -> None:
         super().__init__(key, max_size)
         self._final = final
-        tmp_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(tmp_dir)
         self._tmp = tmp_dir / f"{key}.{secrets.token_hex(8)}.part"
-        self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        # Blob files are readable by the server user only (0600), in 0700 folders.
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = os.fdopen(fd, "wb")
 
     def _write(self, data: bytes) -> None:
         self._file.write(data)
@@ -204,7 +207,7 @@ class _LocalWriter(BlobWriter):
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            self._final.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self._final.parent)
             os.replace(self._tmp, self._final)
             # The rename is durable only once the directory entry is.
             dir_fd = os.open(self._final.parent, os.O_RDONLY)
@@ -226,7 +229,7 @@ class LocalBlobStore(BlobStore):
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root)
         self.tmp_dir = self.root / ".tmp"
 
     def _path(self, key: str) -> Path:
@@ -477,6 +480,23 @@ class S3BlobStore(BlobStore):
         return [u["Key"][len(self.prefix) :] for u in answer.get("Uploads", [])]
 
 
+_S3_URL_OPTIONS = frozenset({"endpoint_url", "region", "part_size_mib", "create"})
+
+
+def check_blob_store_url(url: str) -> dict[str, str]:
+    """Refuse credentials in an s3:// URL (it is kept in server.json); its options."""
+    parsed = urlparse(url)
+    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    if parsed.scheme == "s3" and ("@" in parsed.netloc or set(query) - _S3_URL_OPTIONS):
+        raise ConfigError(
+            "the blob store URL may not hold credentials or unknown options "
+            f"(it is kept in server.json): allowed are {', '.join(sorted(_S3_URL_OPTIONS))}",
+            hint="Give S3 credentials the AWS way: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE with ~/.aws/credentials, or an instance role.",
+        )
+    return query
+
+
 def blob_store_from_url(url: str) -> BlobStore:
     """Open a blob store from a URL.
 
@@ -490,7 +510,7 @@ def blob_store_from_url(url: str) -> BlobStore:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ConfigError(f"blob store URL {url!r} names no bucket")
-        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        query = check_blob_store_url(url)
         part_mib = int(query.get("part_size_mib", S3_DEFAULT_PART // (1024 * 1024)))
         return S3BlobStore(
             parsed.netloc,

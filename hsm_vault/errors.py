@@ -92,7 +92,7 @@ class PinLocked(TokenLayerError):
 
 
 class PinUnavailable(TokenLayerError):
-    hint = "Set HSM_VAULT_PIN, pass --pin-file FILE, or run the command on a terminal."
+    hint = "Set HSM_VAULT_PIN, pass --pin-file FILE, or run the command from a terminal."
 
 
 class KeyPolicyError(TokenLayerError):

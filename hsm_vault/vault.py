@@ -248,10 +248,15 @@ def decrypt_stream(
     *,
     force: bool = False,
     progress: Progress | None = None,
+    header: Header | None = None,
 ) -> DecryptResult:
-    """Decrypt an open stream (a file, a pipe, a download) to `dst`, as `decrypt_file` does."""
+    """Decrypt an open stream (a file, a pipe, a download) to `dst`, as `decrypt_file` does.
+
+    `header` is the stream's header when the caller has read it already (to pick a token).
+    """
     _check_output(None, dst, force)
-    header = read_header(source)  # fail before creating any output file
+    if header is None:
+        header = read_header(source)  # fail before creating any output file
     with _atomic_output(dst, 0o600, force=force) as out:
         return decrypt(source, out, identities, verifier, progress=progress, header=header)
 

@@ -136,6 +136,13 @@ def _size(path: Path | None) -> int | None:
 
 
 def _inputs(files: list[str] | None) -> list[Path | None]:
+    if not files and sys.stdin.isatty():
+        # Nothing named and nothing piped in: reading the terminal would wait silently.
+        raise UsageError(
+            "no input: name a FILE, or pipe the data in",
+            hint="e.g. 'hsm-vault encrypt --to alice report.pdf' or '... < report.pdf'; "
+            "pass '-' to type the input at the terminal.",
+        )
     items = files or ["-"]
     if "-" in items and len(items) > 1:
         raise UsageError("stdin ('-') cannot be part of a batch")
@@ -242,8 +249,9 @@ def encrypt(
 
     if not to:
         raise UsageError("name at least one recipient with --to", hint="e.g. --to alice")
+    sources = _inputs(files)
     recipients = resolve_recipients(to)
-    plan = _plan(_inputs(files), output, out_dir, default_encrypt_output)
+    plan = _plan(sources, output, out_dir, default_encrypt_output)
     if upload:
         plan = [(src, _blob_name(src, dst)) for src, dst in plan]
     else:
@@ -367,9 +375,22 @@ def decrypt(
         plan = _plan(_inputs(files), output, out_dir, default_decrypt_output)
     for _, dst in plan:
         _refuse_terminal(dst)
+    stdin_header = None
+    if from_store is None and plan == [(None, plan[0][1])]:
+        # stdin: read its header first, so the token is chosen as for a named file.
+        from hsm_vault.envelope import read_header
+        from hsm_vault.vault import open_input
+
+        with open_input(None) as stdin:
+            stdin_header = read_header(stdin)
     chosen = token or _token_of(key)
     if chosen is None:
-        chosen = _own_token_for(_recipients_of(from_store, [src for src, _ in plan if src]))
+        wanted = (
+            {r.key_id for r in stdin_header.recipients}
+            if stdin_header is not None
+            else _recipients_of(from_store, [src for src, _ in plan if src])
+        )
+        chosen = _own_token_for(wanted)
     with token_session(module, chosen, pin_file) as session:
         identities = token_identities(session, key)
 
@@ -379,6 +400,19 @@ def decrypt(
                     result = _decrypt_download(
                         from_store, dst, identities, verifier, force, progress
                     )
+                elif stdin_header is not None:
+                    from hsm_vault.vault import decrypt_stream, open_input
+
+                    with open_input(None) as stdin:
+                        result = decrypt_stream(
+                            stdin,
+                            dst,
+                            identities,
+                            verifier,
+                            force=force,
+                            progress=progress,
+                            header=stdin_header,
+                        )
                 else:
                     result = decrypt_file(
                         src, dst, identities, verifier, force=force, progress=progress

@@ -178,6 +178,12 @@ class AuthenticationFailed(ServerError):
     hint = "Log in again with 'hsm-vault login'; ask an officer for a new enrolment code."
 
 
+class TooManyAttempts(AuthenticationFailed):
+    """429: too many failed authentications from this address or for this user."""
+
+    hint = "Too many failed attempts; wait a while and try again."
+
+
 class PermissionDenied(ServerError):
     hint = "Ask an officer or admin to do this, or to grant you the role."
 

@@ -8,6 +8,7 @@ from server_fixture import RunningServer, unique
 from typer.testing import CliRunner
 
 from hsm_vault.cli.main import app
+from hsm_vault.client import VaultClient
 from hsm_vault.config import config_path
 
 runner = CliRunner()
@@ -87,3 +88,45 @@ def test_blob_routes_do_not_tell_which_users_exist(vault_server: RunningServer) 
     for method, path in (("GET", "/meta"), ("GET", ""), ("DELETE", "")):
         assert answers[real, method, path] == answers[ghost, method, path]
         assert answers[real, method, path][0] == 404
+
+
+def test_a_reused_enrolment_code_says_to_ask_for_a_new_one(vault_server: RunningServer) -> None:
+    name = unique("reuse")
+    code = vault_server.add_user(name)
+    with VaultClient(vault_server.url) as client:
+        client.enrol(name, code)
+    status, out = login(vault_server, name, code, "--app-fingerprint", vault_server.app_fingerprint)
+    assert status != 0
+    assert "works once" in out and "enrol-code" in out
+    assert "Log in again" not in out
+
+
+def test_encrypt_to_an_identity_the_server_lacks_says_so(
+    vault_server: RunningServer, tmp_path
+) -> None:
+    account = vault_server.enrol(unique("sender"))
+    source = tmp_path / "report.txt"
+    source.write_text("hello\n")
+    nobody = unique("carol")
+    result = runner.invoke(app, ["encrypt", "--to", nobody, str(source)], env=account.env())
+    assert result.exit_code != 0
+    assert f"no approved card for {nobody!r} on {vault_server.url}" in result.output
+    assert "card pending" in result.output
+    assert not (tmp_path / "report.txt.hsmv").exists()
+
+
+def test_publishing_a_card_for_another_identity_says_make_one_for_yours(
+    vault_server: RunningServer, token_keys
+) -> None:
+    from hsm_vault.cards import create_card
+    from hsm_vault.token import open_session
+
+    account = vault_server.enrol(unique("bob"))
+    with open_session("bob") as ts:
+        key = ts.find_key("bob-p256")
+        card = create_card(ts, key, account.name + "@example.org")
+    account.keyring().add(card, origin="own", key_uri=key.uri)
+    result = runner.invoke(app, ["card", "publish", card.id], env=account.env())
+    assert result.exit_code != 0
+    assert "own identity" in result.output
+    assert "card create IDENTITY" in result.output and "role" not in result.output

@@ -224,7 +224,7 @@ def test_encrypt_upload_then_decrypt_from_store(
         "bob",
     )
     assert result.exit_code == 1
-    assert "none of your keys is a recipient" in result.output
+    assert "is a recipient of this file" in result.output
     assert out.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 

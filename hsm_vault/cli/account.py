@@ -21,6 +21,7 @@ from hsm_vault.errors import (
     AuthenticationFailed,
     NotLoggedIn,
     ServerTrustError,
+    TooManyAttempts,
     UsageError,
 )
 
@@ -158,7 +159,16 @@ def login(
                     "or --trust-on-first-use to pin the key shown above.",
                 )
         code = _read_code(code_file)
-        enrolment = client.enrol(user, code)
+        try:
+            enrolment = client.enrol(user, code)
+        except TooManyAttempts:
+            raise
+        except AuthenticationFailed as exc:
+            raise AuthenticationFailed(
+                exc.message,
+                hint="Check the user name; an enrolment code works once and expires: ask your "
+                "officer or admin for a new one ('hsm-vault server enrol-code NAME').",
+            ) from None
     config.server_url = url
     config.api_token = enrolment.token
     config.username = enrolment.username

@@ -35,7 +35,13 @@ from hsm_vault.cli.common import (
     token_session,
 )
 from hsm_vault.config import Config
-from hsm_vault.errors import AmbiguousCard, CardError, CardNotFound, UsageError
+from hsm_vault.errors import (
+    AmbiguousCard,
+    CardError,
+    CardNotFound,
+    PermissionDenied,
+    UsageError,
+)
 
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
 _PREFIX = re.compile(r"[0-9a-f]{4,64}")
@@ -80,7 +86,15 @@ def publish(
     card = keyring.resolve(ref).card
     client, app_spki = _client_and_key()
     with client:
-        entry = client.publish_card(_unsigned_by_others(card))
+        try:
+            entry = client.publish_card(_unsigned_by_others(card))
+        except PermissionDenied as exc:
+            # The account's identity is not the card's: the fix is a new card, not a role.
+            raise PermissionDenied(
+                exc.message,
+                hint="Make a card for the identity your account may publish ('hsm-vault "
+                "whoami' shows it): hsm-vault card create IDENTITY --key KEY, then publish it.",
+            ) from None
     if entry.status == "approved":
         # Auto-approved: keep the app signature, once it verifies against the pinned key.
         keyring.add(verify_entry(entry, app_spki, expect_id=card.id).card, origin="own")

@@ -25,7 +25,7 @@ from hsm_vault.cli.common import (
     stderr_is_terminal,
     token_session,
 )
-from hsm_vault.errors import CardNotFound, HsmVaultError, UsageError
+from hsm_vault.errors import CardNotFound, HsmVaultError, NoMatchingRecipient, UsageError
 
 if TYPE_CHECKING:
     from hsm_vault.cards import Card, Keyring
@@ -88,7 +88,13 @@ def _card_or_fetch(ref: str, keyring: Keyring) -> Card:
         from hsm_vault.client import fetch_identity
 
         err_console.print(f"{ref!r} is not in the keyring: asking {config.server_url}")
-        fetch_identity(ref, keyring)
+        if not fetch_identity(ref, keyring):
+            raise CardNotFound(
+                f"no approved card for {ref!r} on {config.server_url} nor in the keyring",
+                hint="Check the spelling; a card just published needs an officer's approval "
+                "first ('hsm-vault card pending'); 'hsm-vault card import' takes a card given "
+                "to you directly.",
+            ) from None
         return _card_from_ref(ref, keyring)
 
 
@@ -395,6 +401,16 @@ def decrypt(
         identities = token_identities(session, key)
 
         def one(src: Path | None, dst: Path | None) -> None:
+            try:
+                decrypt_one(src, dst)
+            except NoMatchingRecipient as exc:
+                if stdin_header is not None and src is None:
+                    wanted = {r.key_id for r in stdin_header.recipients}
+                else:
+                    wanted = _recipients_of(from_store, [src] if src else [])
+                raise _no_recipient(exc, wanted, chosen) from None
+
+        def decrypt_one(src: Path | None, dst: Path | None) -> None:
             with progress_bar("decrypting", _size(src), quiet=quiet) as progress:
                 if from_store is not None:
                     result = _decrypt_download(
@@ -471,6 +487,38 @@ def _recipients_of(from_store: str | None, sources: list[Path]) -> set[bytes]:
     except (HsmVaultError, ValueError):
         return set()
     return wanted
+
+
+def _no_recipient(
+    exc: NoMatchingRecipient, wanted: set[bytes], token: str | None
+) -> NoMatchingRecipient:
+    """Say who the file is for (by identity where the keyring knows the key), and which
+    token holds one of those keys when it is not the token that was opened."""
+    from hsm_vault.cards import Keyring
+    from hsm_vault.token.uri import parse_uri
+
+    if not wanted:
+        return exc
+    names: dict[bytes, str] = {}
+    elsewhere: set[str] = set()
+    for entry in Keyring().entries():
+        if entry.card.key_id in wanted:
+            names.setdefault(entry.card.key_id, entry.card.identity)
+            if entry.origin == "own" and entry.key_uri:
+                label = parse_uri(entry.key_uri).token
+                if label and label != token:
+                    elsewhere.add(label)
+    shown = sorted(names.get(k, k.hex()[:16] + "..") for k in wanted)
+    hint = "Ask the sender to encrypt to one of your cards (hsm-vault card list)."
+    if elsewhere:
+        hint = (
+            f"Your recipient key is on token {', '.join(sorted(elsewhere))}: pass --token "
+            + (sorted(elsewhere)[0])
+        )
+    return NoMatchingRecipient(
+        f"none of this token's keys is a recipient of this file; it is for: {', '.join(shown)}",
+        hint=hint + ".",
+    )
 
 
 def _own_token_for(wanted: set[bytes]) -> str | None:

@@ -46,6 +46,7 @@ from hsm_vault.errors import (
     ServerTrustError,
     ServerUnreachable,
     TooLarge,
+    TooManyAttempts,
     UsageError,
 )
 
@@ -246,7 +247,7 @@ def error_for(response: requests.Response) -> ServerError:
         return cls(message)
     if status == 429:
         wait = response.headers.get("Retry-After")
-        return AuthenticationFailed(
+        return TooManyAttempts(
             message,
             hint=f"Too many failed attempts; wait {wait or 'a while'} seconds and try again.",
         )

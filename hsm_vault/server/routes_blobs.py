@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -37,7 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from hsm_vault.envelope.format import MAC_LENGTH, MAX_BODY_LENGTH, PREFIX_LENGTH
 from hsm_vault.errors import ConfigError, TooLarge
-from hsm_vault.names import BLOB_NAME_RULE, is_blob_name
+from hsm_vault.names import BLOB_NAME_PATTERN, BLOB_NAME_RULE, is_blob_name
 from hsm_vault.server.auth import CurrentUser, DbDep
 from hsm_vault.server.blob_models import BlobRecipient, BlobRecord
 from hsm_vault.server.blobs import (
@@ -48,7 +48,7 @@ from hsm_vault.server.blobs import (
     new_blob_key,
 )
 from hsm_vault.server.db import User, utcnow
-from hsm_vault.server.problems import Problem
+from hsm_vault.server.problems import Problem, problem_responses
 from hsm_vault.server.settings import ServerSettings
 
 GiB = 1024 * 1024 * 1024
@@ -284,6 +284,21 @@ def _digest_headers(record: BlobRecord) -> dict[str, str]:
 # --- routes ---------------------------------------------------------------------------------------
 
 
+#: A blob name in a path: the pattern is in the OpenAPI document, and checked in full again.
+BlobName = Annotated[str, Path(pattern=BLOB_NAME_PATTERN, description=BLOB_NAME_RULE)]
+_DOWNLOAD = {
+    200: {
+        "description": "the blob's bytes",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    206: {
+        "description": "the requested byte range",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **problem_responses(403, 404, 416),
+}
+
+
 @router.get("")
 def list_blobs(
     db: DbDep,
@@ -316,9 +331,11 @@ def list_blobs(
 @router.put(
     "/{name}",
     status_code=201,
+    responses=problem_responses(409, 413),
     openapi_extra={
         "requestBody": {
-            "required": True,
+            # An empty body is a valid (empty) blob, stored as it is.
+            "required": False,
             "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },
@@ -326,7 +343,7 @@ def list_blobs(
     },
 )
 async def upload_blob(
-    name: str,
+    name: BlobName,
     request: Request,
     db: DbDep,
     user: CurrentUser,
@@ -461,17 +478,19 @@ async def _receive_into(request: Request, writer: BlobWriter, head: bytearray) -
         await run_in_threadpool(writer.write, bytes(batch))
 
 
-@router.get("/{name}/meta")
-def blob_meta(name: str, db: DbDep, user: CurrentUser, owner: str | None = None) -> dict[str, Any]:
+@router.get("/{name}/meta", responses=problem_responses(403, 404))
+def blob_meta(
+    name: BlobName, db: DbDep, user: CurrentUser, owner: str | None = None
+) -> dict[str, Any]:
     """Size, SHA-256, created-at, owner and recipients' key ids of a readable blob."""
     record = _readable_blob(db, user, owner, name)
     return blob_metadata(record, _owner_name(db, record, user))
 
 
-@router.head("/{name}", response_model=None, operation_id="head_blob")
-@router.get("/{name}", response_model=None, operation_id="download_blob")
+@router.head("/{name}", response_model=None, operation_id="head_blob", responses=_DOWNLOAD)
+@router.get("/{name}", response_model=None, operation_id="download_blob", responses=_DOWNLOAD)
 def download_blob(
-    name: str,
+    name: BlobName,
     request: Request,
     db: DbDep,
     user: CurrentUser,
@@ -498,9 +517,9 @@ def download_blob(
     )
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=problem_responses(403, 404))
 def delete_blob(
-    name: str, db: DbDep, user: CurrentUser, store: StoreDep, owner: str | None = None
+    name: BlobName, db: DbDep, user: CurrentUser, store: StoreDep, owner: str | None = None
 ) -> Response:
     """Delete one of the caller's own blobs (a recipient may read, never delete)."""
     _check_name(name)

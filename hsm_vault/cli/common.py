@@ -52,6 +52,7 @@ def stderr_is_terminal() -> bool:
     """True when stderr is a terminal (progress bars and chatter go there), without rich."""
     return sys.stderr.isatty()
 
+
 ModuleOpt = Annotated[
     str | None,
     typer.Option(
@@ -60,6 +61,14 @@ ModuleOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _complete_token(incomplete: str) -> list[str]:
+    from hsm_vault.cli.complete import token_labels
+
+    return token_labels(incomplete)
+
+
 TokenOpt = Annotated[
     str | None,
     typer.Option(
@@ -67,6 +76,7 @@ TokenOpt = Annotated[
         "-t",
         help="Token label, or a PKCS#11 URI such as 'pkcs11:token=alice'.",
         show_default=False,
+        autocompletion=_complete_token,
     ),
 ]
 PinFileOpt = Annotated[

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from hsm_vault.cli import complete
 from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
@@ -220,6 +221,7 @@ def encrypt(
             "-r",
             metavar="IDENTITY|CARD_ID|CARD_FILE",
             help="Recipient: an identity, a card id (prefix), or a card file. Repeatable.",
+            autocompletion=complete.recipients,
         ),
     ] = [],  # noqa: B006 (typer reads the default)
     output: OutputOpt = None,
@@ -346,6 +348,7 @@ def decrypt(
             "--verify-from",
             help="Require a signature by this sender (identity, card id or card file).",
             show_default=False,
+            autocompletion=complete.recipients,
         ),
     ] = None,
     from_store: Annotated[

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hsm_vault.cli import complete
 from hsm_vault.cli.common import JsonOpt, console, err_console, print_json, progress_bar
 from hsm_vault.errors import UsageError
 
@@ -96,7 +97,12 @@ def put(
 
 @store_app.command("get")
 def get(
-    name: Annotated[str, typer.Argument(help="Blob name, or OWNER/NAME for a shared blob.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Blob name, or OWNER/NAME for a shared blob.", autocompletion=complete.blob_names
+        ),
+    ],
     out: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Where to write it (default: NAME here)."),
@@ -158,7 +164,12 @@ def list_(
 
 @store_app.command("info")
 def info(
-    name: Annotated[str, typer.Argument(help="Blob name, or OWNER/NAME for a shared blob.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Blob name, or OWNER/NAME for a shared blob.", autocompletion=complete.blob_names
+        ),
+    ],
     json_out: JsonOpt = False,
 ) -> None:
     """Show a blob's metadata: size, SHA-256, created-at, owner, recipients' key ids."""
@@ -179,7 +190,11 @@ def info(
 
 
 @store_app.command("rm")
-def rm(name: Annotated[str, typer.Argument(help="One of your blobs.")]) -> None:
+def rm(
+    name: Annotated[
+        str, typer.Argument(help="One of your blobs.", autocompletion=complete.blob_names)
+    ],
+) -> None:
     """Delete one of your blobs (only the owner may)."""
     from hsm_vault.client.blobs import delete_blob
 

@@ -32,7 +32,7 @@ from hsm_vault.envelope import (
     key_id_of,
     read_header,
 )
-from hsm_vault.envelope.stream import Progress
+from hsm_vault.envelope.stream import Progress, plaintext_size
 from hsm_vault.errors import (
     CardError,
     EnvelopeError,
@@ -267,15 +267,14 @@ def recipient_key_ids(path: Path) -> set[bytes]:
         return {entry.key_id for entry in read_header(source).recipients}
 
 
-def inspect_file(path: Path) -> tuple[Header, int]:
-    """The header of an hsm-vault file and its plaintext size (from the file size)."""
+def inspect_file(path: Path) -> tuple[Header, int | None]:
+    """The header of an hsm-vault file and its plaintext size from the file size; None when
+    no whole file has that size (truncated, or bytes appended). Nothing is verified."""
     with open_input(path) as source:
         header = read_header(source)
         total = os.fstat(source.fileno()).st_size
     payload = total - len(header.raw) - header.trailer_length()
-    sealed = header.payload.chunk_size + 16
-    chunks = max(1, -(-payload // sealed))
-    return header, max(0, payload - 16 * chunks)
+    return header, plaintext_size(payload, header.payload.chunk_size)
 
 
 def default_encrypt_output(src: Path, out_dir: Path | None) -> Path:

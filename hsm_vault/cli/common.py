@@ -28,7 +28,14 @@ def rich_console(*, stderr: bool) -> Console:
     """
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # Not a terminal (a file, a pipe, a pager): never cut or wrap data to 80 columns.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else NOT_A_TERMINAL_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+#: The width tables get when output is not a terminal: wide enough for any row.
+NOT_A_TERMINAL_WIDTH = 1 << 16
 
 
 class _LazyConsole:

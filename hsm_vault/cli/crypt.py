@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 FilesArg = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Input files; '-' or nothing reads stdin.", metavar="FILE", show_default=False
+        help="Input files; '-' or nothing reads stdin.", metavar="[FILE]...", show_default=False
     ),
 ]
 OutputOpt = Annotated[
@@ -586,13 +586,25 @@ def inspect(
         "recipients": recipients,
         "signer": signer,
     }
+    if plaintext_size is None:
+        err_console.print(
+            f"[yellow]warning:[/] {file} is truncated or damaged: its length is not that of a "
+            "whole hsm-vault file, and decrypting it will fail",
+            markup=True,
+        )
     if json_out:
         print_json(info)
         return
     out = typer.echo
     out(f"file:       {file}")
     out("format:     hsm-vault v1, " + header.payload.algorithm)
-    out(f"size:       {plaintext_size} bytes of plaintext (chunks of {header.payload.chunk_size})")
+    if plaintext_size is None:
+        out("size:       unknown: the file is truncated or damaged")
+    else:
+        out(
+            f"size:       {plaintext_size} bytes of plaintext (chunks of "
+            f"{header.payload.chunk_size}; from the file's length, verified only by decrypt)"
+        )
     out(f"recipients: {len(recipients)}")
     for r in recipients:
         name = f"  {r['identity']}" if r["identity"] else ""

@@ -27,6 +27,22 @@ _LAST = b"\x01"
 _NOT_LAST = b"\x00"
 
 
+def plaintext_size(payload_length: int, chunk_size: int) -> int | None:
+    """The plaintext size a payload of `payload_length` bytes holds, or None when no valid
+    payload has that length (the file is truncated or has bytes appended). Like age's
+    `stream.PlaintextSize`; a file cut at a chunk boundary still looks whole here: only
+    decrypting finds that (the last chunk is not marked last)."""
+    sealed = chunk_size + TAG_LENGTH
+    if payload_length == TAG_LENGTH:
+        return 0  # the one empty last chunk of an empty plaintext
+    full, rest = divmod(payload_length, sealed)
+    if rest == 0 and full > 0:
+        return full * chunk_size
+    if rest > TAG_LENGTH:
+        return full * chunk_size + rest - TAG_LENGTH
+    return None
+
+
 def nonce(counter: int, last: bool) -> bytes:
     """11-byte big-endian chunk counter, then 01 for the last chunk or 00."""
     return counter.to_bytes(11, "big") + (_LAST if last else _NOT_LAST)

@@ -67,7 +67,7 @@ def test_an_officer_revokes_tokens_and_disables_through_the_api(
 
     status, out = cli(officer, "account", "list", "--json")
     assert status == 0, out
-    row = next(u for u in json.loads(out) if u["username"] == victim.name)
+    row = next(u for u in json.loads(out)["users"] if u["username"] == victim.name)
     assert [t["state"] for t in row["tokens"]] == ["active", "active"]
     assert [bool(t["last_used_at"]) for t in row["tokens"]] == [True, False]  # newest first
     assert all(t["created_at"] < t["expires_at"] for t in row["tokens"])
@@ -110,7 +110,7 @@ def test_the_host_operator_revokes_and_disables(vault_server: RunningServer) -> 
     assert works(vault_server, user.token)
     assert "revoked 1 API token(s)" in host(vault_server, "revoke-tokens", user.name)
     assert not works(vault_server, user.token)
-    rows = json.loads(host(vault_server, "users", "--json"))
+    rows = json.loads(host(vault_server, "users", "--json"))["users"]
     row = next(u for u in rows if u["username"] == user.name)
     assert row["tokens"][0]["state"] == "revoked"
     assert row["enrolment_codes"][0]["state"] == "used"

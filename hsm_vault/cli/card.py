@@ -10,7 +10,7 @@ import base64
 import binascii
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -19,7 +19,6 @@ from hsm_vault.cards import (
     Card,
     IdentityType,
     Keyring,
-    KeyringEntry,
     RevocationReason,
     RevocationStatement,
     Scope,
@@ -40,6 +39,9 @@ from hsm_vault.cli.common import (
     split_token_from_key,
     token_session,
 )
+from hsm_vault.cli.shapes import card_json as card_summary
+from hsm_vault.cli.shapes import keyring_entry_json as entry_summary
+from hsm_vault.cli.shapes import print_list
 from hsm_vault.config import Config, write_private_file
 from hsm_vault.errors import (
     CardError,
@@ -115,56 +117,6 @@ def trust_policy(required: list[str] | None) -> TrustPolicy:
         return TrustPolicy(required=wanted, trusted=trusted)
     except CardFormatError as exc:
         raise ConfigError(f"the pinned application key is unusable: {exc.message}") from None
-
-
-def card_summary(card: Card, policy: TrustPolicy | None = None) -> dict[str, Any]:
-    """A card as plain data, for --json and `card show`."""
-    checked = set(policy.checked_signers(card)) if policy is not None else set()
-    snapshot = card.snapshot
-    return {
-        "id": card.id,
-        "short_id": card.short_id,
-        "identity": card.identity,
-        "identity_type": card.identity_type.value,
-        "key_type": card.key_type.value,
-        "key_fingerprint_sha256": card.fingerprint,
-        "wrap": {"method": snapshot.wrap_method.value, "oaep_hash": card.oaep_hash},
-        "scope": [s.value for s in snapshot.scope],
-        "data": dict(snapshot.data),
-        "created_at": card.created_at,
-        "previous": card.previous_id,
-        "provenance": snapshot.provenance.to_json(),
-        "signatures": [
-            {
-                "signer": s.signer,
-                "key_id": s.key_id.hex(),
-                "algorithm": s.algorithm.value,
-                "checked": s.signer in checked,
-            }
-            for s in card.signatures
-        ],
-    }
-
-
-def entry_summary(entry: KeyringEntry) -> dict[str, Any]:
-    summary = card_summary(entry.card)
-    summary.update(
-        origin=entry.origin,
-        added_at=entry.added_at,
-        key_uri=entry.key_uri,
-        status=entry.status,
-        superseded_by=entry.superseded_by,
-        revocation=(
-            {
-                "reason": entry.revocation.reason.value,
-                "created_at": entry.revocation.created_at,
-                "signer": entry.revocation.signer,
-            }
-            if entry.revocation is not None
-            else None
-        ),
-    )
-    return summary
 
 
 def _print_card(card: Card, policy: TrustPolicy | None = None) -> None:
@@ -380,7 +332,7 @@ def list_cards(json_out: JsonOpt = False) -> None:
     entries = keyring.entries()
     problems = _problems(keyring)
     if json_out:
-        print_json({"cards": [entry_summary(e) for e in entries], "problems": problems})
+        print_list("cards", [entry_summary(e) for e in entries], problems=problems)
         return
     if not entries:
         console.print("the keyring holds no cards")

@@ -34,6 +34,8 @@ from hsm_vault.cli.common import (
     split_token_from_key,
     token_session,
 )
+from hsm_vault.cli.shapes import card_record_json as _entry_json
+from hsm_vault.cli.shapes import keyring_entry_json, print_list
 from hsm_vault.config import Config
 from hsm_vault.errors import (
     AmbiguousCard,
@@ -55,19 +57,6 @@ def _client_and_key() -> tuple[Any, bytes]:
     config = Config.load()
     client = VaultClient.from_config(config)
     return client, pinned_app_key(config)
-
-
-def _entry_json(entry: Any) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "identity": entry.identity,
-        "owner": entry.owner,
-        "status": entry.status,
-        "previous_id": entry.previous_id,
-        "published_at": entry.published_at,
-        "decided_by": entry.decided_by,
-        "reject_reason": entry.reject_reason,
-    }
 
 
 def _unsigned_by_others(card: Card) -> Card:
@@ -126,20 +115,9 @@ def find(
             f"the server has no approved card for {identity!r}",
             hint="Check the spelling; the card may still wait for an officer's approval.",
         )
-    rows = [
-        {
-            "id": e.card.id,
-            "short_id": e.card.short_id,
-            "identity": e.card.identity,
-            "key_type": e.card.key_type.value,
-            "fingerprint": e.card.fingerprint,
-            "created_at": e.card.created_at,
-            "signers": list(e.card.signers),
-        }
-        for e in entries
-    ]
+    rows = [keyring_entry_json(e) for e in entries]
     if json_out:
-        print_json(rows)
+        print_list("cards", rows)
         return
     for row in rows:
         console.print(
@@ -155,7 +133,7 @@ def pending(json_out: JsonOpt = False) -> None:
     with client:
         entries = client.pending_cards()
     if json_out:
-        print_json([_entry_json(e) for e in entries])
+        print_list("cards", [_entry_json(e) for e in entries])
         return
     if not entries:
         console.print("no cards are waiting for approval")
@@ -314,7 +292,7 @@ def refresh(json_out: JsonOpt = False) -> None:
                 row["superseded_by"] = newer
             report.append(row)
     if json_out:
-        print_json(report)
+        print_list("cards", report)
         return
     for row in report:
         extra = f" (replaced by {row['superseded_by'][:16]})" if row.get("superseded_by") else ""

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from hsm_vault.cli.common import JsonOpt, ModuleOpt, TokenOpt, console, print_json
+from hsm_vault.cli.shapes import print_list
 from hsm_vault.config import Config
 
 token_app = typer.Typer(
@@ -22,7 +23,7 @@ def list_tokens(module: ModuleOpt = None, json_out: JsonOpt = False) -> None:
 
     tokens = tokens_of(module, Config.load().module)
     if json_out:
-        print_json([{**asdict(t), "uri": t.uri} for t in tokens])
+        print_list("tokens", [{**asdict(t), "uri": t.uri} for t in tokens])
         return
     table = Table(
         title=f"tokens in {tokens[0].module}" if tokens else "no tokens", title_justify="left"

@@ -27,6 +27,7 @@ from hsm_vault.cards import (
     revoke_card,
     verify_card,
 )
+from hsm_vault.cli import complete
 from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
@@ -56,7 +57,13 @@ card_app = typer.Typer(
     no_args_is_help=True,
 )
 
-RefArg = Annotated[str, typer.Argument(help="Card id (or a prefix of 4+ hex digits) or identity.")]
+RefArg = Annotated[
+    str,
+    typer.Argument(
+        help="Card id (or a prefix of 4+ hex digits) or identity.",
+        autocompletion=complete.recipients,
+    ),
+]
 SourceArg = Annotated[
     str, typer.Argument(help="The card line (hsmv-card-1:...), a file holding it, or - for stdin.")
 ]

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := softhsm2 opensc age gnupg openssl curl postgresql
+DEBS := softhsm2 opensc age gnupg openssl curl postgresql sqlite3
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps venv demo test lint bench bench-store clean

@@ -284,8 +284,11 @@ def _digest_headers(record: BlobRecord) -> dict[str, str]:
 # --- routes ---------------------------------------------------------------------------------------
 
 
-#: A blob name in a path: the pattern is in the OpenAPI document, and checked in full again.
-BlobName = Annotated[str, Path(pattern=BLOB_NAME_PATTERN, description=BLOB_NAME_RULE)]
+#: A blob name in a path: the pattern is in the OpenAPI document; `_check_name` checks it (in
+#: full, with a message that says what a name may hold).
+BlobName = Annotated[
+    str, Path(description=BLOB_NAME_RULE, json_schema_extra={"pattern": BLOB_NAME_PATTERN})
+]
 _DOWNLOAD = {
     200: {
         "description": "the blob's bytes",

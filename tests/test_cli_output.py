@@ -1,4 +1,5 @@
-"""Issue 16 items 11, 13: output to a pipe is never cut; `inspect` on a truncated file warns."""
+"""Issue 16 items 11, 13: output to a pipe is never cut; `inspect` on a truncated file warns;
+`softhsm/init-token` refuses a duplicate label."""
 
 from __future__ import annotations
 
@@ -50,3 +51,19 @@ def test_inspect_warns_about_a_truncated_file(token_keys, tmp_path: Path) -> Non
     cut = run("inspect", str(sealed))
     assert "truncated or damaged" in cut.stderr
     assert "bytes of plaintext" not in cut.stdout
+
+
+def test_init_token_refuses_a_second_token_with_the_same_label(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parent.parent / "softhsm" / "init-token"
+    env = {**os.environ, "HSM_VAULT_PIN": "1234-5678"}
+    first = subprocess.run([str(script), str(tmp_path), "dup"], env=env, capture_output=True)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(
+        [str(script), str(tmp_path), "dup"], env=env, capture_output=True, text=True
+    )
+    assert again.returncode != 0 and "already has a token labelled 'dup'" in again.stderr
+    conf = {**env, "SOFTHSM2_CONF": str(tmp_path / "softhsm2.conf")}
+    slots = subprocess.run(
+        ["softhsm2-util", "--show-slots"], env=conf, capture_output=True, text=True
+    ).stdout
+    assert slots.count("dup") == 1

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := softhsm2 opensc age gnupg openssl curl postgresql \
+DEBS := softhsm2 opensc age gnupg openssl curl postgresql sqlite3 \
 	pcscd vsmartcard-vpcd ykcs11 yubico-piv-tool pcsc-tools \
 	swtpm tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0 libtpm2-pkcs11-1 dbus \
 	opencryptoki libnss3 libnss3-tools p11-kit util-linux

@@ -60,9 +60,21 @@ def config_path() -> Path:
     return Path(override) if override else config_dir() / "config.json"
 
 
+def make_private_dir(path: Path) -> None:
+    """Create `path` and any missing parents with mode 0700 (existing folders are kept)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
 def write_private_file(path: Path, content: bytes) -> None:
-    """Write `content` atomically (temp file + rename) with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `content` atomically (temp file + rename) with mode 0600, in a 0700 folder."""
+    make_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)

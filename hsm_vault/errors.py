@@ -92,7 +92,7 @@ class PinLocked(TokenLayerError):
 
 
 class PinUnavailable(TokenLayerError):
-    hint = "Set HSM_VAULT_PIN, pass --pin-file FILE, or run the command on a terminal."
+    hint = "Set HSM_VAULT_PIN, pass --pin-file FILE, or run the command from a terminal."
 
 
 class KeyPolicyError(TokenLayerError):
@@ -220,6 +220,12 @@ class NotLoggedIn(ServerError):
 
 class AuthenticationFailed(ServerError):
     hint = "Log in again with 'hsm-vault login'; ask an officer for a new enrolment code."
+
+
+class TooManyAttempts(AuthenticationFailed):
+    """429: too many failed authentications from this address or for this user."""
+
+    hint = "Too many failed attempts; wait a while and try again."
 
 
 class PermissionDenied(ServerError):

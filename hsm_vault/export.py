@@ -86,7 +86,7 @@ def export_cms_file(
     with open_input(src) as source:
         header = read_header(source)
         chosen = list(recipients) if recipients else recipients_of(header, keyring_entries)
-        with _atomic_output(dst, _public_mode()) as out:
+        with _atomic_output(dst, _public_mode(), force=force) as out:
             writer = CMSWriter(out, chosen, kind)
             sink = cast(BinaryIO, writer)  # a write-only raw stream is all decrypt needs
             result = decrypt(source, sink, identities, header=header, progress=progress)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from hsm_vault.errors import (
     PayloadError,
     UsageError,
 )
+from hsm_vault.outputs import complete_file
 
 if TYPE_CHECKING:
     from hsm_vault.cards import Card
@@ -162,8 +162,8 @@ def open_input(src: Path | None) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _atomic_output(dst: Path | None, mode: int) -> Iterator[BinaryIO]:
-    """A temporary file next to `dst`, renamed onto it only if the block succeeds."""
+def _atomic_output(dst: Path | None, mode: int, *, force: bool) -> Iterator[BinaryIO]:
+    """stdout, or a file that becomes `dst` only if the block succeeds (hsm_vault.outputs)."""
     if dst is None:
         sys.stdout.flush()
         try:
@@ -181,20 +181,8 @@ def _atomic_output(dst: Path | None, mode: int) -> Iterator[BinaryIO]:
                 "with the file.",
             ) from None
         return
-    parent = dst.parent if str(dst.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=parent)
-    except OSError as exc:
-        raise UsageError(f"cannot write in {parent}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            yield out
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with complete_file(dst, mode, replace=force) as out:
+        yield out
 
 
 def _public_mode() -> int:
@@ -218,7 +206,7 @@ def encrypt_file(
     only when complete.
     """
     _check_output(src, dst, force)
-    with open_input(src) as source, _atomic_output(dst, _public_mode()) as out:
+    with open_input(src) as source, _atomic_output(dst, _public_mode(), force=force) as out:
         return encrypt(source, out, recipients, signer, progress=progress)
 
 
@@ -251,11 +239,16 @@ def decrypt_stream(
     *,
     force: bool = False,
     progress: Progress | None = None,
+    header: Header | None = None,
 ) -> DecryptResult:
-    """Decrypt an open stream (a file, a pipe, a download) to `dst`, as `decrypt_file` does."""
+    """Decrypt an open stream (a file, a pipe, a download) to `dst`, as `decrypt_file` does.
+
+    `header` is the stream's header when the caller has read it already (to pick a token).
+    """
     _check_output(None, dst, force)
-    header = read_header(source)  # fail before creating any output file
-    with _atomic_output(dst, 0o600) as out:
+    if header is None:
+        header = read_header(source)  # fail before creating any output file
+    with _atomic_output(dst, 0o600, force=force) as out:
         return decrypt(source, out, identities, verifier, progress=progress, header=header)
 
 
@@ -267,7 +260,7 @@ def recipient_key_ids(path: Path) -> set[bytes]:
 
 def inspect_file(path: Path) -> tuple[Header, int | None]:
     """The header of an hsm-vault file and its plaintext size from the file size; None when
-    no complete file can have that size (truncated or extended)."""
+    no whole file has that size (truncated, or bytes appended). Nothing is verified."""
     with open_input(path) as source:
         header = read_header(source)
         total = os.fstat(source.fileno()).st_size

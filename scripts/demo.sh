@@ -119,7 +119,7 @@ step "olga (officer) sees the pending cards and approves them, signing each ON h
 (the server adds its application signature once the policy's approvals are in)"
 as olga card pending
 for id in $(HSM_VAULT_HOME=$DEMO/home/olga "$HV" card pending --json |
-  "$PY" -c 'import json,sys; print(" ".join(c["id"] for c in json.load(sys.stdin)))'); do
+  "$PY" -c 'import json,sys; print(" ".join(c["id"] for c in json.load(sys.stdin)["cards"]))'); do
   as olga card approve "$id"
 done
 

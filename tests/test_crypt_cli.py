@@ -152,7 +152,9 @@ def test_encrypt_refuses_existing_output(cards, work: Path) -> None:
     assert (work / "f.hsmv").read_bytes()[:4] == b"HSMV"
 
 
-def test_decrypt_with_no_matching_key_names_the_key_ids(cards, work: Path) -> None:
+def test_decrypt_with_the_wrong_token_names_recipients_and_the_right_token(
+    cards, work: Path
+) -> None:
     src = work / "f"
     src.write_bytes(b"for bob")
     run("encrypt", "--to", cards["bob-p256"].id, str(src))
@@ -160,7 +162,8 @@ def test_decrypt_with_no_matching_key_names_the_key_ids(cards, work: Path) -> No
         "decrypt", "--token", "alice", str(work / "f.hsmv"), "-o", str(work / "out"), check=False
     )
     assert result.returncode != 0
-    assert cards["bob-p256"].key_id.hex().encode() in result.stderr
+    # The keyring knows the key is bob's (not a bare key id), and on which token it is.
+    assert b"it is for: bob" in result.stderr and b"pass --token bob" in result.stderr
     assert not (work / "out").exists()
 
 

@@ -63,7 +63,7 @@ def test_generate_list_show_export_delete(softhsm, key_type: str, tmp_path: Path
         "extractable": False,
     }
 
-    listed = json.loads(hv("key", "list", "--token", "carol", "--json").output)
+    listed = json.loads(hv("key", "list", "--token", "carol", "--json").output)["keys"]
     assert label in [k["label"] for k in listed]
     table = hv("key", "list", "--token", "carol")
     assert label in table.output
@@ -158,7 +158,7 @@ def test_key_made_by_pkcs11_tool_is_listed_and_usable(softhsm) -> None:
     pkcs11_tool(
         softhsm, "--keypairgen", "--key-type", "EC:prime256v1", "--label", label, "--id", "c0ffee01"
     )
-    listed = json.loads(hv("key", "list", "-t", "carol", "--json").output)
+    listed = json.loads(hv("key", "list", "-t", "carol", "--json").output)["keys"]
     assert any(k["label"] == label and k["id"] == "c0ffee01" for k in listed)
     with open_session("carol") as ts:
         key = ts.find_key(label)

@@ -168,7 +168,7 @@ def test_a_card_the_server_inserts_is_refused_unless_logged_and_then_monitored(
         engine.dispose()
     status, out = cli(alice, "log", "monitor", alice.name, "--json")
     assert status == 0, out
-    rows = {row["id"]: row for row in json.loads(out)}
+    rows = {row["id"]: row for row in json.loads(out)["cards"]}
     assert set(rows) == {directory.alice_card, card.id}
     assert rows[card.id]["status"] == "approved"
     status, out = cli(alice, "log", "monitor", alice.name)

@@ -122,6 +122,7 @@ def test_login_reads_the_code_from_a_file(vault_server: RunningServer, tmp_path)
         name,
         "--code-file",
         str(code_file),
+        "--trust-on-first-use",
     )
     assert status == 0, out
     assert "officer" in out
@@ -129,7 +130,15 @@ def test_login_reads_the_code_from_a_file(vault_server: RunningServer, tmp_path)
 
 
 def test_login_without_any_code_source_fails_cleanly(vault_server: RunningServer) -> None:
-    status, out = cli("login", "--server", vault_server.url, "--user", "nobody")
+    status, out = cli(
+        "login",
+        "--server",
+        vault_server.url,
+        "--user",
+        "nobody",
+        "--app-fingerprint",
+        vault_server.app_fingerprint,
+    )
     assert status != 0
     assert "no enrolment code" in out
 

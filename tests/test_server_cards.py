@@ -96,16 +96,19 @@ def test_publish_approve_find_rotate_revoke_through_the_cli(
 
     status, out = cli(officer, "card", "pending", "--json")
     assert status == 0, out
-    assert card_id in [row["id"] for row in json.loads(out)]
+    assert card_id in [row["id"] for row in json.loads(out)["cards"]]
     status, out = cli(officer, "card", "approve", card_id[:10])
     assert status == 0, out
     assert "approved" in out
 
     status, out = cli(bob, "card", "find", alice.name, "--json")
     assert status == 0, out
-    rows = json.loads(out)
+    rows = json.loads(out)["cards"]
     assert [r["id"] for r in rows] == [card_id]
     assert rows[0]["signers"] == ["app", "self"]
+    # One shape per kind: a card from `find` is a card as `card list` and `card show` print it.
+    listed = json.loads(cli(bob, "card", "list", "--json")[1])["cards"]
+    assert set(rows[0]) == set(listed[0]) and "key_fingerprint_sha256" in rows[0]
     stored = bob.keyring().get(card_id)
     verify_card(stored.card, TrustPolicy.with_app_key(vault_server.app_spki))
     assert stored.status == "valid"
@@ -139,7 +142,7 @@ def test_publish_approve_find_rotate_revoke_through_the_cli(
             new_id
         ]
     status, out = cli(bob, "card", "find", alice.name, "--json")
-    assert [r["id"] for r in json.loads(out)] == [new_id]
+    assert [r["id"] for r in json.loads(out)["cards"]] == [new_id]
     assert bob.keyring().get(card_id).status == "superseded"
 
     # The owner revokes with a statement signed on her token.
@@ -428,7 +431,7 @@ def test_refresh_learns_revocations_and_replacements(
         client.revoke_card(second.id, reason="key-compromise")
     status, out = cli(bob, "card", "refresh", "--json")
     assert status == 0, out
-    rows = {row["id"]: row for row in json.loads(out)}
+    rows = {row["id"]: row for row in json.loads(out)["cards"]}
     assert rows[first.id]["status"] == "superseded"
     assert rows[first.id]["superseded_by"] == rotated.id
     assert rows[second.id]["status"] == "revoked"

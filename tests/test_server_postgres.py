@@ -145,10 +145,10 @@ def test_server_on_postgresql_end_to_end(
     )
     card_id = json.loads(made)["id"]
     assert "pending" in hsm(env, "card", "publish", card_id, home=homes["alice"])
-    pending = json.loads(hsm(env, "card", "pending", "--json", home=homes["olga"]))
+    pending = json.loads(hsm(env, "card", "pending", "--json", home=homes["olga"]))["cards"]
     assert [row["id"] for row in pending] == [card_id]
     assert "approved" in hsm(env, "card", "approve", card_id, home=homes["olga"])
-    found = json.loads(hsm(env, "card", "find", "alice", "--json", home=homes["bob"]))
+    found = json.loads(hsm(env, "card", "find", "alice", "--json", home=homes["bob"]))["cards"]
     assert [row["id"] for row in found] == [card_id]
     assert found[0]["signers"] == ["app", "self"]
 
@@ -174,7 +174,7 @@ def test_server_on_postgresql_end_to_end(
     users = json.loads(
         hsm(env, "server", "users", "--database-url", url, "--data", str(data), "--json")
     )
-    assert {(u["username"], u["role"]) for u in users} == set(people.items())
+    assert {(u["username"], u["role"]) for u in users["users"]} == set(people.items())
 
 
 def test_migrations_match_the_models_on_postgresql(

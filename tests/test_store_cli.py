@@ -102,13 +102,17 @@ def test_get_into_a_folder_uses_the_blob_name(server: BlobServer, tmp_path: Path
     invoke("store", "rm", "in-folder")
 
 
-def test_put_warns_about_a_plaintext_file(server: BlobServer, tmp_path: Path) -> None:
+def test_put_refuses_a_plaintext_file_without_plaintext(server: BlobServer, tmp_path: Path) -> None:
     login_as(server, "alice")
     source = tmp_path / "notes.txt"
     source.write_text("not encrypted\n")
     result = invoke("store", "put", str(source))
-    assert result.exit_code == 0
-    assert "not an hsm-vault encrypted file" in result.output
+    assert result.exit_code != 0
+    assert "not an hsm-vault encrypted file" in result.output and "--plaintext" in result.output
+    assert json.loads(invoke("store", "list", "--json").stdout)["blobs"] == []
+    result = invoke("store", "put", str(source), "--plaintext")
+    assert result.exit_code == 0, result.output
+    assert "the server can read it" in result.output
     invoke("store", "rm", "notes.txt")
 
 
@@ -220,7 +224,7 @@ def test_encrypt_upload_then_decrypt_from_store(
         "bob",
     )
     assert result.exit_code == 1
-    assert "none of your keys is a recipient" in result.output
+    assert "is a recipient of this file" in result.output
     assert out.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 

@@ -21,6 +21,7 @@ from hsm_vault.errors import (
     AuthenticationFailed,
     NotLoggedIn,
     ServerTrustError,
+    TooManyAttempts,
     UsageError,
 )
 
@@ -80,14 +81,23 @@ def login(
         Path | None,
         typer.Option("--ca-bundle", help="CA certificates (PEM) to verify the server with."),
     ] = None,
+    trust_on_first_use: Annotated[
+        bool,
+        typer.Option(
+            "--trust-on-first-use",
+            help="Without --app-fingerprint and without a terminal (or with --yes): pin "
+            "whatever key the server offers. Check the printed fingerprint out of band later.",
+        ),
+    ] = False,
     yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Exchange a one-time enrolment code for an API token and pin the application key.
 
-    The token is stored in the config file (mode 0600). The server's application key
-    fingerprint is shown; compare it with the one your officer gave you, or pass it with
-    --app-fingerprint so the check is done for you.
+    The token is stored in the config file (mode 0600). Pass the application key fingerprint
+    your officer gave you (--app-fingerprint, all 64 hex digits) so the check is done for you;
+    otherwise it is shown and you are asked whether it matches. Without a terminal (or with
+    --yes) and without --app-fingerprint, login refuses unless --trust-on-first-use.
     """
     from hsm_vault.client import VaultClient, normalise_server_url
 
@@ -106,7 +116,14 @@ def login(
         app = client.app_key()
         fingerprint = app.fingerprint
         if app_fingerprint is not None:
-            if not hmac.compare_digest(normalise_fingerprint(app_fingerprint), fingerprint):
+            given = normalise_fingerprint(app_fingerprint)
+            if len(given) != len(fingerprint) or any(c not in "0123456789abcdef" for c in given):
+                raise UsageError(
+                    "--app-fingerprint needs the full fingerprint: 64 hex digits",
+                    hint="Give the full 64-hex fingerprint your officer gave you (colons and "
+                    "spaces are fine); a prefix is not enough.",
+                )
+            if not hmac.compare_digest(given, fingerprint):
                 raise ServerTrustError(
                     f"the server's application key fingerprint is {fingerprint}, "
                     "not the one you were given"
@@ -122,18 +139,36 @@ def login(
                 hint="Ask your security officer; if the change is expected, log in with "
                 "--app-fingerprint NEW.",
             )
-        else:
-            err_console.print(f"application key fingerprint: {fingerprint}")
-            if (
-                sys.stdin.isatty()
-                and not yes
-                and not typer.confirm(
+        elif not (config.server_url == url and config.app_fingerprint == fingerprint):
+            err_console.print(f"application key fingerprint: {fingerprint}", markup=False)
+            err_console.print(
+                "Check it against the fingerprint your security officer gave you out of band "
+                "(in person, on paper, on the intranet): it is what stops a false server.",
+                markup=False,
+            )
+            interactive = sys.stdin.isatty() and not yes
+            if interactive:
+                if not typer.confirm(
                     "Does it match the fingerprint your officer gave you?", default=False
+                ):
+                    raise typer.Abort()
+            elif not trust_on_first_use:
+                raise ServerTrustError(
+                    "not pinning an application key nobody checked",
+                    hint="Pass --app-fingerprint FP (the full 64 hex digits from your officer), "
+                    "or --trust-on-first-use to pin the key shown above.",
                 )
-            ):
-                raise typer.Abort()
         code = _read_code(code_file)
-        enrolment = client.enrol(user, code)
+        try:
+            enrolment = client.enrol(user, code)
+        except TooManyAttempts:
+            raise
+        except AuthenticationFailed as exc:
+            raise AuthenticationFailed(
+                exc.message,
+                hint="Check the user name; an enrolment code works once and expires: ask your "
+                "officer or admin for a new one ('hsm-vault server enrol-code NAME').",
+            ) from None
     config.server_url = url
     config.api_token = enrolment.token
     config.username = enrolment.username
@@ -176,23 +211,41 @@ def _pin_policy(config: Config) -> Any:
         return update_policy(client, config).policy
 
 
-def logout(json_out: JsonOpt = False) -> None:
+def logout(
+    everywhere: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Revoke every API token of your account (every machine you logged in on), "
+            "e.g. after a laptop was lost.",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """Revoke the API token on the server and remove it from the config file."""
     from hsm_vault.client import VaultClient
 
     config = Config.load()
     if not config.api_token:
         raise NotLoggedIn("not logged in")
-    revoked = True
+    revoked = 1
     with VaultClient.from_config(config) as client:
         try:
-            client.logout()
+            if everywhere:
+                revoked = client.logout_all()
+            else:
+                client.logout()
         except AuthenticationFailed:
-            revoked = False  # expired or revoked already: forgetting it is all that is left
+            if everywhere:
+                raise
+            revoked = 0  # expired or revoked already: forgetting it is all that is left
     config.api_token = None
     config.save()
     if json_out:
         print_json({"server": config.server_url, "revoked": revoked})
+        return
+    if everywhere:
+        console.print(f"logged out of {config.server_url} everywhere ({revoked} token(s) revoked)")
         return
     console.print(f"logged out of {config.server_url}")
 
@@ -234,8 +287,67 @@ def whoami(json_out: JsonOpt = False) -> None:
         )
 
 
+account_app = typer.Typer(
+    name="account",
+    help="Manage other people's accounts on the server (officers and admins).",
+    no_args_is_help=True,
+)
+UserArg = Annotated[str, typer.Argument(help="The account's user name.")]
+
+
+def _officer_client() -> Any:
+    from hsm_vault.client import client_from_config
+
+    return client_from_config()
+
+
+@account_app.command("list")
+def account_list(json_out: JsonOpt = False) -> None:
+    """Every account with its API tokens (created, last used, expiry) and enrolment codes."""
+    from hsm_vault.cli.shapes import print_accounts
+
+    with _officer_client() as client:
+        users = client.list_users()
+    print_accounts(users, json_out=json_out)
+
+
+@account_app.command("revoke-tokens")
+def account_revoke_tokens(user: UserArg, json_out: JsonOpt = False) -> None:
+    """Revoke every API token of USER (a stolen laptop); they log in again with a new code."""
+    with _officer_client() as client:
+        count = client.revoke_user_tokens(user)
+    if json_out:
+        print_json({"username": user, "revoked": count})
+        return
+    console.print(f"revoked {count} API token(s) of {user}", markup=False)
+
+
+def _set_disabled(user: str, disabled: bool, json_out: bool) -> None:
+    from hsm_vault.cli.shapes import print_accounts
+
+    with _officer_client() as client:
+        account = client.set_user_disabled(user, disabled)
+    if json_out:
+        print_json(account)
+        return
+    print_accounts([account], json_out=False)
+
+
+@account_app.command("disable")
+def account_disable(user: UserArg, json_out: JsonOpt = False) -> None:
+    """Disable USER: every request with their tokens, and their enrolment codes, are refused."""
+    _set_disabled(user, True, json_out)
+
+
+@account_app.command("enable")
+def account_enable(user: UserArg, json_out: JsonOpt = False) -> None:
+    """Enable USER again (tokens that are neither revoked nor expired work again)."""
+    _set_disabled(user, False, json_out)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `login`, `logout` and `whoami`."""
+    """Add `login`, `logout`, `whoami` and the `account` group."""
     app.command("login")(login)
     app.command("logout")(logout)
     app.command("whoami")(whoami)
+    app.add_typer(account_app, name="account")

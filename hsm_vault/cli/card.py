@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -18,13 +18,13 @@ from hsm_vault.cards import (
     Card,
     IdentityType,
     Keyring,
-    KeyringEntry,
     RevocationReason,
     RevocationStatement,
     Scope,
     create_card,
     revoke_card,
 )
+from hsm_vault.cli import complete
 from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
@@ -39,6 +39,9 @@ from hsm_vault.cli.common import (
     split_token_from_key,
     token_session,
 )
+from hsm_vault.cli.shapes import attestation_line, attestation_summary, print_list
+from hsm_vault.cli.shapes import card_json as card_summary
+from hsm_vault.cli.shapes import keyring_entry_json as entry_summary
 from hsm_vault.config import Config, attestation_roots, write_private_file
 from hsm_vault.errors import (
     CardError,
@@ -46,7 +49,7 @@ from hsm_vault.errors import (
     FileExistsRefused,
     UsageError,
 )
-from hsm_vault.trust import TrustAnchors, TrustPolicy, verify_card, verify_card_attestation
+from hsm_vault.trust import TrustAnchors, TrustPolicy, verify_card
 from hsm_vault.trust.anchors import PINNED_POLICY_KEY
 
 card_app = typer.Typer(
@@ -54,7 +57,13 @@ card_app = typer.Typer(
     no_args_is_help=True,
 )
 
-RefArg = Annotated[str, typer.Argument(help="Card id (or a prefix of 4+ hex digits) or identity.")]
+RefArg = Annotated[
+    str,
+    typer.Argument(
+        help="Card id (or a prefix of 4+ hex digits) or identity.",
+        autocompletion=complete.recipients,
+    ),
+]
 SourceArg = Annotated[
     str, typer.Argument(help="The card line (hsmv-card-1:...), a file holding it, or - for stdin.")
 ]
@@ -113,89 +122,6 @@ def trust_policy(required: list[str] | None) -> TrustPolicy:
             )
         return TrustPolicy(required=wanted, attestation_roots=attestation_roots())
     return anchors.trust_for(wanted)
-
-
-def attestation_summary(card: Card, roots: tuple[Any, ...] | None = None) -> dict[str, Any]:
-    """`attested` (true only when the card's attestation verifies to the roots trusted here:
-    `roots`, else Yubico's and $HSM_VAULT_ATTESTATION_ROOTS), and what it attests."""
-    stated = card.attestation
-    if stated is None:
-        return {"attested": False, "attestation": None}
-    try:
-        found = verify_card_attestation(card, attestation_roots() if roots is None else roots)
-    except CardError as exc:
-        return {"attested": False, "attestation": {**stated.stated(), "problem": exc.message}}
-    return {
-        "attested": True,
-        "attestation": {**stated.stated(), "root": found.root if found else ""},
-    }
-
-
-def attestation_line(summary: dict[str, Any]) -> str:
-    """One line for people: what `attestation_summary` found."""
-    attested = summary["attestation"]
-    if attested is None:
-        return "not attested (the token offers no key attestation)"
-    what = (
-        f"YubiKey #{attested['serial']}, firmware {attested['firmware']}, PIN policy "
-        f"{attested['pin_policy']}, touch policy {attested['touch_policy']}, "
-        f"{attested['form_factor']}"
-    )
-    if summary["attested"]:
-        return f"attested: {what} (root: {attested['root']})"
-    return f"NOT attested: the card's attestation does not verify here ({attested['problem']})"
-
-
-def card_summary(card: Card, policy: TrustPolicy | None = None) -> dict[str, Any]:
-    """A card as plain data, for --json and `card show`."""
-    checked = set(policy.checked_signers(card)) if policy is not None else set()
-    snapshot = card.snapshot
-    roots = policy.attestation_roots if policy is not None else None
-    return {
-        "id": card.id,
-        "short_id": card.short_id,
-        "identity": card.identity,
-        "identity_type": card.identity_type.value,
-        "key_type": card.key_type.value,
-        "key_fingerprint_sha256": card.fingerprint,
-        "wrap": {"method": snapshot.wrap_method.value, "oaep_hash": card.oaep_hash},
-        "scope": [s.value for s in snapshot.scope],
-        "data": dict(snapshot.data),
-        "created_at": card.created_at,
-        "previous": card.previous_id,
-        "provenance": snapshot.provenance.to_json(),
-        **attestation_summary(card, roots),
-        "signatures": [
-            {
-                "signer": s.signer,
-                "key_id": s.key_id.hex(),
-                "algorithm": s.algorithm.value,
-                "checked": s.signer in checked,
-            }
-            for s in card.signatures
-        ],
-    }
-
-
-def entry_summary(entry: KeyringEntry) -> dict[str, Any]:
-    summary = card_summary(entry.card)
-    summary.update(
-        origin=entry.origin,
-        added_at=entry.added_at,
-        key_uri=entry.key_uri,
-        status=entry.status,
-        superseded_by=entry.superseded_by,
-        revocation=(
-            {
-                "reason": entry.revocation.reason.value,
-                "created_at": entry.revocation.created_at,
-                "signer": entry.revocation.signer,
-            }
-            if entry.revocation is not None
-            else None
-        ),
-    )
-    return summary
 
 
 def _print_card(card: Card, policy: TrustPolicy | None = None) -> None:
@@ -435,7 +361,7 @@ def list_cards(json_out: JsonOpt = False) -> None:
     entries = keyring.entries()
     problems = _problems(keyring)
     if json_out:
-        print_json({"cards": [entry_summary(e) for e in entries], "problems": problems})
+        print_list("cards", [entry_summary(e) for e in entries], problems=problems)
         return
     if not entries:
         console.print("the keyring holds no cards")

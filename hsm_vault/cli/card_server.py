@@ -24,7 +24,6 @@ from hsm_vault.cards import (
     RevocationStatement,
     revoke_card,
 )
-from hsm_vault.cli.card import attestation_line, attestation_summary
 from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
@@ -36,8 +35,22 @@ from hsm_vault.cli.common import (
     split_token_from_key,
     token_session,
 )
+from hsm_vault.cli.shapes import (
+    approvers,
+    attestation_line,
+    attestation_summary,
+    keyring_entry_json,
+    print_list,
+)
+from hsm_vault.cli.shapes import card_record_json as _entry_json
 from hsm_vault.config import Config
-from hsm_vault.errors import AmbiguousCard, CardError, CardNotFound, UsageError
+from hsm_vault.errors import (
+    AmbiguousCard,
+    CardError,
+    CardNotFound,
+    PermissionDenied,
+    UsageError,
+)
 from hsm_vault.trust import TrustAnchors, officer_signer, parse_stated, verify_entry
 
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
@@ -62,29 +75,6 @@ def _client_and_trust() -> tuple[Any, TrustAnchors, Config]:
     return client, anchors, config
 
 
-def _entry_json(entry: Any) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "identity": entry.identity,
-        "owner": entry.owner,
-        "status": entry.status,
-        "previous_id": entry.previous_id,
-        "published_at": entry.published_at,
-        "decided_by": entry.decided_by,
-        "reject_reason": entry.reject_reason,
-        "approved_by": _approvers(entry),
-    }
-
-
-def _approvers(entry: Any) -> list[str]:
-    """The officers whose approvals the card text carries (as stated; not verified here)."""
-    try:
-        card = Card.from_text(entry.card_text)
-    except CardError:
-        return []
-    return [s.signer.partition(":")[2] for s in card.signatures if s.signer.startswith("officer:")]
-
-
 def _unsigned_by_others(card: Card) -> Card:
     """The card with only the signatures its owner makes (self, previous): what is published."""
     return Card(card.snapshot, tuple(s for s in card.signatures if s.signer in (SELF, PREVIOUS)))
@@ -99,7 +89,15 @@ def publish(
     card = keyring.resolve(ref).card
     client, anchors, _ = _client_and_trust()
     with client:
-        entry = client.publish_card(_unsigned_by_others(card))
+        try:
+            entry = client.publish_card(_unsigned_by_others(card))
+        except PermissionDenied as exc:
+            # The account's identity is not the card's: the fix is a new card, not a role.
+            raise PermissionDenied(
+                exc.message,
+                hint="Make a card for the identity your account may publish ('hsm-vault "
+                "whoami' shows it): hsm-vault card create IDENTITY --key KEY, then publish it.",
+            ) from None
         if entry.status == "approved":
             # Auto-approved: keep the app signature, once it verifies under the pinned policy.
             verified = verify_entry(
@@ -137,21 +135,9 @@ def find(
             f"the server has no approved card for {identity!r}",
             hint="Check the spelling; the card may still wait for an officer's approval.",
         )
-    rows = [
-        {
-            "id": e.card.id,
-            "short_id": e.card.short_id,
-            "identity": e.card.identity,
-            "key_type": e.card.key_type.value,
-            "fingerprint": e.card.fingerprint,
-            "created_at": e.card.created_at,
-            "signers": list(e.card.signers),
-            **attestation_summary(e.card, anchors.attestation_roots),
-        }
-        for e in entries
-    ]
+    rows = [keyring_entry_json(e) for e in entries]
     if json_out:
-        print_json(rows)
+        print_list("cards", rows)
         return
     for row in rows:
         console.print(
@@ -188,7 +174,7 @@ def pending(json_out: JsonOpt = False) -> None:
         entries = client.pending_cards()
     rows = [_pending_json(e) for e in entries]
     if json_out:
-        print_json(rows)
+        print_list("cards", [_entry_json(e) for e in entries])
         return
     if not rows:
         console.print("no cards are waiting for approval")
@@ -305,7 +291,7 @@ def approve(
         entry = client.approve_card(entry.id, signature)
         if entry.status == "approved":
             verify_entry(entry, anchors.card_policy(), expect_id=entry.id, log=anchors.log)
-    done = _approvers(entry)
+    done = approvers(entry)
     if json_out:
         print_json({**_entry_json(entry), "approvals_required": needed})
         return
@@ -434,7 +420,7 @@ def refresh(json_out: JsonOpt = False) -> None:
                 row["superseded_by"] = newer
             report.append(row)
     if json_out:
-        print_json(report)
+        print_list("cards", report)
         return
     for row in report:
         extra = f" (replaced by {row['superseded_by'][:16]})" if row.get("superseded_by") else ""

@@ -28,7 +28,14 @@ def rich_console(*, stderr: bool) -> Console:
     """
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # Not a terminal (a file, a pipe, a pager): never cut or wrap data to 80 columns.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else NOT_A_TERMINAL_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+#: The width tables get when output is not a terminal: wide enough for any row.
+NOT_A_TERMINAL_WIDTH = 1 << 16
 
 
 class _LazyConsole:
@@ -61,6 +68,14 @@ ModuleOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _complete_token(incomplete: str) -> list[str]:
+    from hsm_vault.cli.complete import token_labels
+
+    return token_labels(incomplete)
+
+
 TokenOpt = Annotated[
     str | None,
     typer.Option(
@@ -68,6 +83,7 @@ TokenOpt = Annotated[
         "-t",
         help="Token label, or a PKCS#11 URI such as 'pkcs11:token=alice'.",
         show_default=False,
+        autocompletion=_complete_token,
     ),
 ]
 PinFileOpt = Annotated[

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from hsm_vault.cli import complete
 from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
@@ -28,7 +29,7 @@ from hsm_vault.cli.common import (
     stderr_is_terminal,
     token_session,
 )
-from hsm_vault.errors import CardNotFound, HsmVaultError, UsageError
+from hsm_vault.errors import CardNotFound, HsmVaultError, NoMatchingRecipient, UsageError
 
 if TYPE_CHECKING:
     from hsm_vault.cards import Card, Keyring
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 FilesArg = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Input files; '-' or nothing reads stdin.", metavar="FILE", show_default=False
+        help="Input files; '-' or nothing reads stdin.", metavar="[FILE]...", show_default=False
     ),
 ]
 OutputOpt = Annotated[
@@ -93,7 +94,13 @@ def _card_or_fetch(ref: str, keyring: Keyring) -> Card:
         from hsm_vault.client import fetch_identity
 
         err_console.print(f"{ref!r} is not in the keyring: asking {config.server_url}")
-        fetch_identity(ref, keyring)
+        if not fetch_identity(ref, keyring):
+            raise CardNotFound(
+                f"no approved card for {ref!r} on {config.server_url} nor in the keyring",
+                hint="Check the spelling; a card just published needs an officer's approval "
+                "first ('hsm-vault card pending'); 'hsm-vault card import' takes a card given "
+                "to you directly.",
+            ) from None
         return _card_from_ref(ref, keyring)
 
 
@@ -141,6 +148,13 @@ def _size(path: Path | None) -> int | None:
 
 
 def _inputs(files: list[str] | None) -> list[Path | None]:
+    if not files and sys.stdin.isatty():
+        # Nothing named and nothing piped in: reading the terminal would wait silently.
+        raise UsageError(
+            "no input: name a FILE, or pipe the data in",
+            hint="e.g. 'hsm-vault encrypt --to alice report.pdf' or '... < report.pdf'; "
+            "pass '-' to type the input at the terminal.",
+        )
     items = files or ["-"]
     if "-" in items and len(items) > 1:
         raise UsageError("stdin ('-') cannot be part of a batch")
@@ -212,6 +226,7 @@ def encrypt(
             "-r",
             metavar="IDENTITY|CARD_ID|CARD_FILE",
             help="Recipient: an identity, a card id (prefix), or a card file. Repeatable.",
+            autocompletion=complete.recipients,
         ),
     ] = [],  # noqa: B006 (typer reads the default)
     output: OutputOpt = None,
@@ -247,8 +262,9 @@ def encrypt(
 
     if not to:
         raise UsageError("name at least one recipient with --to", hint="e.g. --to alice")
+    sources = _inputs(files)
     recipients = resolve_recipients(to)
-    plan = _plan(_inputs(files), output, out_dir, default_encrypt_output)
+    plan = _plan(sources, output, out_dir, default_encrypt_output)
     if upload:
         plan = [(src, _blob_name(src, dst)) for src, dst in plan]
     else:
@@ -333,6 +349,7 @@ def decrypt(
             "--verify-from",
             help="Require a signature by this sender (identity, card id or card file).",
             show_default=False,
+            autocompletion=complete.recipients,
         ),
     ] = None,
     from_store: Annotated[
@@ -369,18 +386,54 @@ def decrypt(
     for _, dst in plan:
         _refuse_terminal(dst)
     key = key_reference(key, slot, required=False)
+    stdin_header = None
+    if from_store is None and plan == [(None, plan[0][1])]:
+        # stdin: read its header first, so the token is chosen as for a named file.
+        from hsm_vault.envelope import read_header
+        from hsm_vault.vault import open_input
+
+        with open_input(None) as stdin:
+            stdin_header = read_header(stdin)
     chosen = split_token_from_key(key, token)
     if chosen is None:
-        chosen = _own_token_for(_recipients_of(from_store, [src for src, _ in plan if src]))
+        wanted = (
+            {r.key_id for r in stdin_header.recipients}
+            if stdin_header is not None
+            else _recipients_of(from_store, [src for src, _ in plan if src])
+        )
+        chosen = _own_token_for(wanted)
     with token_session(module, chosen, pin_file) as session:
         identities = token_identities(session, key)
 
         def one(src: Path | None, dst: Path | None) -> None:
+            try:
+                decrypt_one(src, dst)
+            except NoMatchingRecipient as exc:
+                if stdin_header is not None and src is None:
+                    wanted = {r.key_id for r in stdin_header.recipients}
+                else:
+                    wanted = _recipients_of(from_store, [src] if src else [])
+                raise _no_recipient(exc, wanted, chosen) from None
+
+        def decrypt_one(src: Path | None, dst: Path | None) -> None:
             with progress_bar("decrypting", _size(src), quiet=quiet) as progress:
                 if from_store is not None:
                     result = _decrypt_download(
                         from_store, dst, identities, verifier, force, progress
                     )
+                elif stdin_header is not None:
+                    from hsm_vault.vault import decrypt_stream, open_input
+
+                    with open_input(None) as stdin:
+                        result = decrypt_stream(
+                            stdin,
+                            dst,
+                            identities,
+                            verifier,
+                            force=force,
+                            progress=progress,
+                            header=stdin_header,
+                        )
                 else:
                     result = decrypt_file(
                         src, dst, identities, verifier, force=force, progress=progress
@@ -439,6 +492,38 @@ def _recipients_of(from_store: str | None, sources: list[Path]) -> set[bytes]:
     except (HsmVaultError, ValueError):
         return set()
     return wanted
+
+
+def _no_recipient(
+    exc: NoMatchingRecipient, wanted: set[bytes], token: str | None
+) -> NoMatchingRecipient:
+    """Say who the file is for (by identity where the keyring knows the key), and which
+    token holds one of those keys when it is not the token that was opened."""
+    from hsm_vault.cards import Keyring
+    from hsm_vault.token.uri import parse_uri
+
+    if not wanted:
+        return exc
+    names: dict[bytes, str] = {}
+    elsewhere: set[str] = set()
+    for entry in Keyring().entries():
+        if entry.card.key_id in wanted:
+            names.setdefault(entry.card.key_id, entry.card.identity)
+            if entry.origin == "own" and entry.key_uri:
+                label = parse_uri(entry.key_uri).token
+                if label and label != token:
+                    elsewhere.add(label)
+    shown = sorted(names.get(k, k.hex()[:16] + "..") for k in wanted)
+    hint = "Ask the sender to encrypt to one of your cards (hsm-vault card list)."
+    if elsewhere:
+        hint = (
+            f"Your recipient key is on token {', '.join(sorted(elsewhere))}: pass --token "
+            + (sorted(elsewhere)[0])
+        )
+    return NoMatchingRecipient(
+        f"none of this token's keys is a recipient of this file; it is for: {', '.join(shown)}",
+        hint=hint + ".",
+    )
 
 
 def _own_token_for(wanted: set[bytes]) -> str | None:
@@ -503,6 +588,12 @@ def inspect(
         "recipients": recipients,
         "signer": signer,
     }
+    if plaintext_size is None:
+        err_console.print(
+            f"[yellow]warning:[/] {file} is truncated or damaged: its length is not that of a "
+            "whole hsm-vault file, and decrypting it will fail",
+            markup=True,
+        )
     if json_out:
         print_json(info)
         return

@@ -27,6 +27,7 @@ from hsm_vault.cli.common import (
     split_token_from_key,
     token_session,
 )
+from hsm_vault.cli.shapes import print_list
 from hsm_vault.errors import FileExistsRefused, TokenCannot, UsageError
 
 key_app = typer.Typer(
@@ -224,7 +225,7 @@ def list_keys(
         keys = ts.keys()
         label = ts.info.label
     if json_out:
-        print_json([key_summary(k) for k in keys])
+        print_list("keys", [key_summary(k) for k in keys])
         return
     if not keys:
         console.print(f"no keys on token {label!r}; make one with 'hsm-vault key generate LABEL'")

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from hsm_vault.cli.common import JsonOpt, YesOpt, console, print_json
+from hsm_vault.cli.shapes import print_list
 from hsm_vault.config import Config
 from hsm_vault.errors import LogForkError, LogProofError, UsageError
 from hsm_vault.trust.log import ALERT, LogEntry, LogState, SignedTreeHead
@@ -174,7 +175,7 @@ def monitor(
         for c in cards
     ]
     if json_out:
-        print_json(rows)
+        print_list("cards", rows, identity=identity, log_size=report.head.size)
         return
     if not rows:
         console.print(f"the log ({report.head.size} entries) binds no card to {identity!r}")

@@ -11,6 +11,7 @@ import gc
 import importlib
 from typing import Any
 
+import click
 import typer
 from typer.core import TyperGroup
 
@@ -31,6 +32,7 @@ COMMAND_MODULES = {
     "login": "account",
     "logout": "account",
     "whoami": "account",
+    "account": "account",
     "server": "server",
     "store": "store",
     "config": "config",
@@ -59,9 +61,19 @@ class VaultGroup(TyperGroup):
             holder = typer.Typer()
             module.register(holder)
             for name, loaded in typer.main.get_group(holder).commands.items():
+                _suggest_once(loaded)
                 self.add_command(loaded, name)
             command = super().get_command(ctx, cmd_name)
         return command
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        # Commands load on demand, so the suggestion must come from the whole list.
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:
+            raise click.exceptions.NoSuchCommand(
+                args[0], possibilities=self.list_commands(ctx), ctx=ctx
+            ) from exc
 
     def invoke(self, ctx: Any) -> Any:  # typer vendors its own click Context
         try:
@@ -70,6 +82,15 @@ class VaultGroup(TyperGroup):
             from hsm_vault.cli.common import report_error
 
             raise typer.Exit(report_error(exc)) from None
+
+
+def _suggest_once(command: Any) -> None:
+    """click already says "Did you mean ...?" for a mistyped subcommand; typer would say it
+    a second time."""
+    if isinstance(command, TyperGroup):
+        command.suggest_commands = False
+        for sub in command.commands.values():
+            _suggest_once(sub)
 
 
 app = typer.Typer(
@@ -82,7 +103,9 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    suggest_commands=False,
+    # --install-completion / --show-completion; values complete from hsm_vault.cli.complete.
+    add_completion=True,
 )
 
 

@@ -17,7 +17,7 @@ from hsm_vault.algorithms import KeyType
 from hsm_vault.cli.common import JsonOpt, ModuleOpt, console, err_console, print_json
 from hsm_vault.config import data_dir as default_data_root
 from hsm_vault.errors import UsageError
-from hsm_vault.server.settings import SERVER_PIN_ENV, ServerSettings
+from hsm_vault.server.settings import DATABASE_PASSWORD_ENV, SERVER_PIN_ENV, ServerSettings
 
 server_app = typer.Typer(
     name="server",
@@ -49,8 +49,18 @@ DatabaseOpt = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@host/db "
-        "(default: SQLite in the data folder).",
+        help="SQLAlchemy database URL without a password, e.g. postgresql+psycopg://user@host/db "
+        "(default: SQLite in the data folder). The password comes from ~/.pgpass (PGPASSFILE), "
+        f"a libpq service file, ${DATABASE_PASSWORD_ENV} or --database-password-file.",
+        show_default=False,
+    ),
+]
+DatabasePasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--database-password-file",
+        help="File (mode 0600) whose first line is the database password; its path is kept "
+        "in server.json, never the password.",
         show_default=False,
     ),
 ]
@@ -91,6 +101,7 @@ def init(
     module: ModuleOpt = None,
     pin_file: ServerPinFileOpt = None,
     database_url: DatabaseOpt = None,
+    database_password_file: DatabasePasswordFileOpt = None,
     auto_approve: Annotated[
         bool | None,
         typer.Option(
@@ -186,6 +197,7 @@ def init(
         module=module,
         pin_file=pin_file.resolve() if pin_file else None,
         database_url=database_url,
+        database_password_file=database_password_file.resolve() if database_password_file else None,
         auto_approve=auto_approve,
         api_token_ttl_seconds=token_days * 86400 if token_days else None,
         enrolment_ttl_seconds=code_hours * 3600 if code_hours else None,
@@ -200,13 +212,17 @@ def init(
         )
         if value is not None
     }
+    if blob_store is not None:
+        from hsm_vault.server.blobs import check_blob_store_url
+
+        check_blob_store_url(blob_store)
     if blob_settings:
         extra = dict(settings.extra or {})
         extra["blobs"] = {**(extra.get("blobs") or {}), **blob_settings}
         settings = replace(settings, extra=extra)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     info, created = ensure_application_key(settings, key_type)
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.engine_url())
     try:
         migrate_to_head(engine)
         revision = schema_revision(engine)
@@ -273,8 +289,14 @@ def run(
         Path | None, typer.Option("--tls-key", help="PEM private key for HTTPS.")
     ] = None,
     database_url: DatabaseOpt = None,
+    database_password_file: DatabasePasswordFileOpt = None,
     pin_file: ServerPinFileOpt = None,
-    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level", help="uvicorn's log level: critical, error, warning, info, debug."
+        ),
+    ] = "info",
 ) -> None:
     """Serve the API (HTTP on loopback by default; give --tls-cert/--tls-key elsewhere).
 
@@ -295,7 +317,10 @@ def run(
             "use --tls-cert/--tls-key or a TLS-terminating proxy."
         )
     settings = _load(
-        data, database_url=database_url, pin_file=pin_file.resolve() if pin_file else None
+        data,
+        database_url=database_url,
+        database_password_file=database_password_file.resolve() if database_password_file else None,
+        pin_file=pin_file.resolve() if pin_file else None,
     )
     with open_resources(settings) as resources:
         scheme = "https" if tls_cert else "http"
@@ -317,7 +342,7 @@ def run(
 def _open_db(settings: ServerSettings) -> tuple[Engine, sessionmaker[Any]]:
     from hsm_vault.server.db import make_engine, make_sessionmaker, migrate_to_head
 
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.engine_url())
     migrate_to_head(engine)
     return engine, make_sessionmaker(engine)
 
@@ -385,27 +410,90 @@ def enrol_code(
         engine.dispose()
 
 
+def _host_accounts(settings: ServerSettings, name: str | None = None) -> list[dict[str, Any]]:
+    """Accounts as the API's `GET /v1/users` shows them, read from the database."""
+    from hsm_vault.server.accounts import account_reports
+    from hsm_vault.server.routes_accounts import UserOut
+
+    engine, sessions = _open_db(settings)
+    try:
+        with sessions() as db:
+            return [
+                UserOut.from_report(r).model_dump(mode="json") for r in account_reports(db, name)
+            ]
+    finally:
+        engine.dispose()
+
+
 @server_app.command("users")
 def users(
     data: DataOpt = None, database_url: DatabaseOpt = None, json_out: JsonOpt = False
 ) -> None:
-    """List the accounts."""
-    from hsm_vault.server.accounts import list_users
+    """List the accounts with their API tokens and enrolment codes."""
+    from hsm_vault.cli.shapes import print_accounts
+
+    print_accounts(_host_accounts(_load(data, database_url=database_url)), json_out=json_out)
+
+
+@server_app.command("revoke-tokens")
+def revoke_tokens(
+    name: Annotated[str, typer.Argument(help="An existing user name.")],
+    data: DataOpt = None,
+    database_url: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke every API token of an account (a stolen laptop); they need a new enrolment code."""
+    from hsm_vault.server.accounts import revoke_tokens as revoke
 
     settings = _load(data, database_url=database_url)
     engine, sessions = _open_db(settings)
     try:
         with sessions() as db:
-            rows = [
-                {"username": u.name, "role": u.role, "identity": u.identity} for u in list_users(db)
-            ]
+            count = revoke(db, name)
     finally:
         engine.dispose()
     if json_out:
-        print_json(rows)
+        print_json({"username": name, "revoked": count})
         return
-    for row in rows:
-        console.print(f"{row['username']:<20} {row['role']:<8} {row['identity']}")
+    console.print(f"revoked {count} API token(s) of {name}", markup=False)
+
+
+def _host_set_disabled(
+    name: str, disabled: bool, data: Path | None, database_url: str | None, json_out: bool
+) -> None:
+    from hsm_vault.cli.shapes import print_accounts
+    from hsm_vault.server.accounts import set_disabled
+
+    settings = _load(data, database_url=database_url)
+    engine, sessions = _open_db(settings)
+    try:
+        with sessions() as db:
+            set_disabled(db, name, disabled)
+    finally:
+        engine.dispose()
+    print_accounts(_host_accounts(settings, name), json_out=json_out)
+
+
+@server_app.command("disable-user")
+def disable_user(
+    name: Annotated[str, typer.Argument(help="An existing user name.")],
+    data: DataOpt = None,
+    database_url: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Disable an account: its API tokens and enrolment codes are refused until enabled."""
+    _host_set_disabled(name, True, data, database_url, json_out)
+
+
+@server_app.command("enable-user")
+def enable_user(
+    name: Annotated[str, typer.Argument(help="An existing user name.")],
+    data: DataOpt = None,
+    database_url: DatabaseOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Enable a disabled account again."""
+    _host_set_disabled(name, False, data, database_url, json_out)
 
 
 @server_app.command("add-officer")

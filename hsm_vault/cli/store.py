@@ -1,6 +1,6 @@
 """`hsm-vault store`: keep ciphertext on the server's blob store.
 
-    hsm-vault store put FILE [--name NAME] [--replace]
+    hsm-vault store put FILE [--name NAME] [--force] [--plaintext]
     hsm-vault store get NAME [-o OUT] [--force]      (NAME or OWNER/NAME)
     hsm-vault store list [--shared] [--json]
     hsm-vault store info NAME [--json]
@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hsm_vault.cli import complete
 from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
@@ -62,11 +63,19 @@ def put(
         str | None, typer.Option("--name", "-n", help="Blob name (default: the file's name).")
     ] = None,
     replace: Annotated[
-        bool, typer.Option("--replace", help="Replace a blob of the same name.")
+        bool,
+        typer.Option("--force", "--replace", help="Replace a blob of the same name."),
+    ] = False,
+    plaintext: Annotated[
+        bool,
+        typer.Option(
+            "--plaintext",
+            help="Upload a file that is not hsm-vault encrypted, as it is: the server can read it.",
+        ),
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Upload FILE to the blob store, streamed."""
+    """Upload FILE (an encrypted FILE.hsmv) to the blob store, streamed."""
     from hsm_vault.client.blobs import upload_file
     from hsm_vault.envelope.format import MAGIC
 
@@ -74,6 +83,12 @@ def put(
         raise UsageError(f"{file} is not a file", hint="Give the path of an encrypted file.")
     with open(file, "rb") as probe:
         if probe.read(len(MAGIC)) != MAGIC:
+            if not plaintext:
+                raise UsageError(
+                    f"{file} is not an hsm-vault encrypted file: the server could read it",
+                    hint=f"Encrypt it first (hsm-vault encrypt --to ... {file} --upload), or "
+                    "pass --plaintext to store it as it is.",
+                )
             err_console.print(
                 f"[yellow]warning:[/] {file} is not an hsm-vault encrypted file: it is stored as "
                 "it is, and the server can read it."
@@ -92,7 +107,12 @@ def put(
 
 @store_app.command("get")
 def get(
-    name: Annotated[str, typer.Argument(help="Blob name, or OWNER/NAME for a shared blob.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Blob name, or OWNER/NAME for a shared blob.", autocompletion=complete.blob_names
+        ),
+    ],
     out: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Where to write it (default: NAME here)."),
@@ -154,7 +174,12 @@ def list_(
 
 @store_app.command("info")
 def info(
-    name: Annotated[str, typer.Argument(help="Blob name, or OWNER/NAME for a shared blob.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Blob name, or OWNER/NAME for a shared blob.", autocompletion=complete.blob_names
+        ),
+    ],
     json_out: JsonOpt = False,
 ) -> None:
     """Show a blob's metadata: size, SHA-256, created-at, owner, recipients' key ids."""
@@ -175,7 +200,11 @@ def info(
 
 
 @store_app.command("rm")
-def rm(name: Annotated[str, typer.Argument(help="One of your blobs.")]) -> None:
+def rm(
+    name: Annotated[
+        str, typer.Argument(help="One of your blobs.", autocompletion=complete.blob_names)
+    ],
+) -> None:
     """Delete one of your blobs (only the owner may)."""
     from hsm_vault.client.blobs import delete_blob
 

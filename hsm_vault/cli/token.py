@@ -18,6 +18,7 @@ from hsm_vault.cli.common import (
     root_option,
     token_session,
 )
+from hsm_vault.cli.shapes import print_list
 from hsm_vault.config import Config
 
 token_app = typer.Typer(
@@ -39,12 +40,11 @@ def list_tokens(module: ModuleOpt = None, json_out: JsonOpt = False) -> None:
 
     tokens, search = tokens_of(root_option("module", module), Config.load().module)
     if json_out:
-        print_json(
-            {
-                "modules": [{"path": c.path, "source": c.source} for c in search.choices],
-                "skipped": list(search.skipped),
-                "tokens": [token_summary(t) for t in tokens],
-            }
+        print_list(
+            "tokens",
+            [token_summary(t) for t in tokens],
+            modules=[{"path": c.path, "source": c.source} for c in search.choices],
+            skipped=list(search.skipped),
         )
         return
     if not tokens:

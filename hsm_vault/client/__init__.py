@@ -46,6 +46,7 @@ from hsm_vault.errors import (
     ServerTrustError,
     ServerUnreachable,
     TooLarge,
+    TooManyAttempts,
     UsageError,
 )
 from hsm_vault.trust import SignedPolicy, TrustPolicy, VerifiedCard, load_app_key, verify_entry
@@ -195,7 +196,7 @@ def error_for(response: requests.Response) -> ServerError:
         return cls(message)
     if status == 429:
         wait = response.headers.get("Retry-After")
-        return AuthenticationFailed(
+        return TooManyAttempts(
             message,
             hint=f"Too many failed attempts; wait {wait or 'a while'} seconds and try again.",
         )
@@ -400,6 +401,30 @@ class VaultClient:
         self.request("POST", "/v1/logout").close()
         self.api_token = None
 
+    def logout_all(self) -> int:
+        """Revoke every API token of this account, this one included; how many."""
+        body = self._json("POST", "/v1/logout/all")
+        self.api_token = None
+        return int(body["revoked"])
+
+    def list_users(self) -> list[dict[str, Any]]:
+        """Every account with its tokens and enrolment codes (officers and admins)."""
+        body = self._json("GET", "/v1/users")
+        if not isinstance(body, list):
+            raise ServerError("the server sent a malformed account list")
+        return body
+
+    def revoke_user_tokens(self, username: str) -> int:
+        """Revoke every API token of `username` (officers and admins); how many."""
+        body = self._json("POST", f"/v1/users/{_path_part(username)}/revoke-tokens")
+        return int(body["revoked"])
+
+    def set_user_disabled(self, username: str, disabled: bool) -> dict[str, Any]:
+        """Disable or enable an account (officers and admins); the account as it is now."""
+        verb = "disable" if disabled else "enable"
+        result: dict[str, Any] = self._json("POST", f"/v1/users/{_path_part(username)}/{verb}")
+        return result
+
     def create_user(self, username: str, role: str = "user", identity: str | None = None) -> str:
         """Create an account (admins); returns its one-time enrolment code."""
         body = self._json(
@@ -556,6 +581,10 @@ def _policy_of(body: Any) -> SignedPolicy:
         return SignedPolicy.from_text(body["policy"])
     except CardError as exc:
         raise ServerTrustError(f"the server's policy is malformed: {exc.message}") from None
+
+
+def _path_part(text: str) -> str:
+    return quote(text, safe="")
 
 
 def pinned_app_key(config: Config) -> bytes:

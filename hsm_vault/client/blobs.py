@@ -20,7 +20,6 @@ import hashlib
 import io
 import os
 import re
-import secrets
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -40,11 +39,12 @@ from hsm_vault.errors import (
     ServerUnreachable,
     UsageError,
 )
+from hsm_vault.names import BLOB_NAME_RULE, is_blob_name
+from hsm_vault.outputs import complete_file
 
 CHUNK = 1024 * 1024
 #: Seconds to connect, and to wait between two reads of a streamed body.
 TIMEOUT = (10.0, 300.0)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$")
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just sent or received."""
@@ -114,10 +114,10 @@ class BlobMeta:
 def split_blob_name(full: str) -> tuple[str | None, str]:
     """`NAME` -> (None, NAME) for your own blob; `OWNER/NAME` -> (OWNER, NAME)."""
     owner, slash, name = full.rpartition("/")
-    if not _NAME.match(name) or (slash and not owner):
+    if not is_blob_name(name) or (slash and not owner):
         raise UsageError(
             f"invalid blob name {full!r}",
-            hint="Use 1-200 letters, digits and . _ + = @ -; name another user's blob OWNER/NAME.",
+            hint=f"Use {BLOB_NAME_RULE}; name another user's blob OWNER/NAME.",
         )
     return (owner or None), name
 
@@ -324,20 +324,11 @@ def download_file(
     if out.exists() and not force:
         raise FileExistsRefused(f"{out} exists already")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.part")
     written = 0
-    try:
-        with open(tmp, "xb") as sink:
-            for chunk in download_stream(client, name, progress=progress):
-                sink.write(chunk)
-                written += len(chunk)
-            sink.flush()
-            os.fsync(sink.fileno())
-        if out.exists() and not force:  # created while we were downloading
-            raise FileExistsRefused(f"{out} exists already")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with complete_file(out, 0o600, replace=force) as sink:
+        for chunk in download_stream(client, name, progress=progress):
+            sink.write(chunk)
+            written += len(chunk)
     return written
 
 

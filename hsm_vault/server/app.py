@@ -32,7 +32,7 @@ from hsm_vault import __version__
 from hsm_vault.server.appkey import ApplicationKey, open_application_key
 from hsm_vault.server.db import make_engine, make_sessionmaker, migrate_to_head
 from hsm_vault.server.log import LogCache, backfill
-from hsm_vault.server.problems import BodySizeLimit, install_problem_handlers
+from hsm_vault.server.problems import BodySizeLimit, complete_openapi, install_problem_handlers
 from hsm_vault.server.settings import ServerSettings
 
 #: Optional router modules of other server parts, joined when present.
@@ -53,7 +53,7 @@ class ServerResources:
 @contextmanager
 def open_resources(settings: ServerSettings) -> Iterator[ServerResources]:
     """Migrate the database to the newest schema and open the application key."""
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.engine_url())
     try:
         migrate_to_head(engine)
         sessions = make_sessionmaker(engine)
@@ -118,4 +118,12 @@ def create_app(settings: ServerSettings, resources: ServerResources | None = Non
         BodySizeLimit, default_limit=settings.max_json_bytes, streaming=(BLOB_PATH_PREFIX,)
     )
     _include_routers(app)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete_openapi(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -21,7 +21,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from hsm_vault.server.db import ApiToken, AuthFailure, EnrolmentCode, Role, User, utcnow
@@ -31,6 +31,8 @@ from hsm_vault.server.settings import ServerSettings
 API_TOKEN_PREFIX = "hsmv_"
 _CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
 _CODE_LENGTH = 20
+#: `last_used_at` of an API token is written at most this often, not on every request.
+LAST_USED_GRANULARITY = dt.timedelta(minutes=1)
 
 
 def secret_hash(value: str) -> str:
@@ -223,6 +225,11 @@ def get_authenticated(
         raise _unauthorised("the API token has expired")
     if user.disabled:
         raise _unauthorised("the account is disabled")
+    now = utcnow()
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_GRANULARITY:
+        db.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
+        db.commit()
+        token.last_used_at = now
     return Authenticated(user, token)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from hsm_vault.config import make_private_dir
 from hsm_vault.errors import ConfigError, NotFoundOnServer, ServerError, TooLarge
 
 READ_CHUNK = 1024 * 1024
@@ -48,7 +49,7 @@ def new_blob_key() -> str:
 
 def _check_key(key: str) -> str:
     # Keys are server-chosen, but checking keeps a bad key from ever becoming a path.
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):
         raise ValueError(f"invalid blob storage key {key!r}")
     return key
 
@@ -206,9 +207,11 @@ class _LocalWriter(BlobWriter):
     def __init__(self, final: Path, tmp_dir: Path, key: str, max_size: int | None) -> None:
         super().__init__(key, max_size)
         self._final = final
-        tmp_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(tmp_dir)
         self._tmp = tmp_dir / f"{key}.{secrets.token_hex(8)}.part"
-        self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        # Blob files are readable by the server user only (0600), in 0700 folders.
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = os.fdopen(fd, "wb")
 
     def _write(self, data: bytes) -> None:
         self._file.write(data)
@@ -218,7 +221,7 @@ class _LocalWriter(BlobWriter):
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            self._final.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self._final.parent)
             os.replace(self._tmp, self._final)
             # The rename is durable only once the directory entry is.
             dir_fd = os.open(self._final.parent, os.O_RDONLY)
@@ -240,7 +243,7 @@ class LocalBlobStore(BlobStore):
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root)
         self.tmp_dir = self.root / ".tmp"
 
     def _path(self, key: str) -> Path:
@@ -284,7 +287,7 @@ class LocalBlobStore(BlobStore):
             if shard.name.startswith(".") or not shard.is_dir():
                 continue
             for entry in sorted(shard.iterdir()):
-                if _KEY_RE.match(entry.name) and entry.is_file():
+                if _KEY_RE.fullmatch(entry.name) and entry.is_file():
                     st = entry.stat()
                     found.append(
                         StoredObject(
@@ -478,7 +481,7 @@ class S3BlobStore(BlobStore):
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for item in page.get("Contents", []):
                 key = item["Key"][len(self.prefix) :]
-                if _KEY_RE.match(key):
+                if _KEY_RE.fullmatch(key):
                     found.append(StoredObject(key, int(item["Size"]), item["LastModified"]))
         return found
 
@@ -489,6 +492,23 @@ class S3BlobStore(BlobStore):
         """Keys of multipart uploads started and neither completed nor aborted."""
         answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
         return [u["Key"][len(self.prefix) :] for u in answer.get("Uploads", [])]
+
+
+_S3_URL_OPTIONS = frozenset({"endpoint_url", "region", "part_size_mib", "create"})
+
+
+def check_blob_store_url(url: str) -> dict[str, str]:
+    """Refuse credentials in an s3:// URL (it is kept in server.json); its options."""
+    parsed = urlparse(url)
+    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    if parsed.scheme == "s3" and ("@" in parsed.netloc or set(query) - _S3_URL_OPTIONS):
+        raise ConfigError(
+            "the blob store URL may not hold credentials or unknown options "
+            f"(it is kept in server.json): allowed are {', '.join(sorted(_S3_URL_OPTIONS))}",
+            hint="Give S3 credentials the AWS way: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE with ~/.aws/credentials, or an instance role.",
+        )
+    return query
 
 
 def blob_store_from_url(url: str) -> BlobStore:
@@ -504,7 +524,7 @@ def blob_store_from_url(url: str) -> BlobStore:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ConfigError(f"blob store URL {url!r} names no bucket")
-        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        query = check_blob_store_url(url)
         part_mib = int(query.get("part_size_mib", S3_DEFAULT_PART // (1024 * 1024)))
         return S3BlobStore(
             parsed.netloc,

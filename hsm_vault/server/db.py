@@ -25,7 +25,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -117,6 +117,8 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: Updated at most once a minute (LAST_USED_GRANULARITY), not on every request.
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class AuthFailure(Base):
@@ -165,17 +167,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _create_private_sqlite_file(url: str) -> None:
+def _create_private_sqlite_file(url: str | URL) -> None:
     # The database holds token hashes and account data: readable by the server user only.
     path = make_url(url).database
     if path and path != ":memory:" and not Path(path).exists():
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        from hsm_vault.config import make_private_dir
+
+        make_private_dir(Path(path).parent)
         Path(path).touch(mode=0o600)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str | URL) -> Engine:
     """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout."""
-    if url.startswith("sqlite"):
+    if make_url(url).get_backend_name() == "sqlite":
         _create_private_sqlite_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hsm_vault.errors import (
@@ -142,11 +143,14 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and detail == "Not Found":
             detail = "no such endpoint"
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route of the path only.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return problem_response(exc.status_code, detail, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -165,6 +169,42 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem_response(500, "the server failed to handle the request")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what every route may answer, as the server does.
+
+    Every error is a problem document (`application/problem+json`); an operation with a
+    request body may answer 400 (unparsable) and 413 (too large); one that needs an API token
+    may answer 401 and 429 (too many failed authentications). Changes `document` in place.
+    """
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("ProblemDocument", ProblemDocument.model_json_schema())
+    problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDocument"}}}
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            extra: list[int] = []
+            if "requestBody" in operation:
+                extra += [400, 413]
+            if operation.get("security"):
+                extra += [401, 429]
+            for status in extra:
+                responses.setdefault(str(status), {"description": HTTPStatus(status).phrase})
+            for status, response in responses.items():
+                if status[:1] in "45":
+                    response["content"] = problem
+    return document
 
 
 class BodySizeLimit:

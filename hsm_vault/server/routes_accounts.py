@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
@@ -15,6 +16,7 @@ from hsm_vault.server.auth import (
     AdminUser,
     AuthDep,
     DbDep,
+    OfficerUser,
     SettingsDep,
     client_address,
     redeem_enrolment_code,
@@ -56,6 +58,49 @@ class AccountOut(BaseModel):
     role: str
     identity: str
     token_expires_at: dt.datetime | None = None
+
+
+class TokenOut(BaseModel):
+    """One API token of an account: when it was made, last used, and until when it works."""
+
+    id: int
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None = Field(
+        description="to the minute; null if never used after login"
+    )
+    expires_at: dt.datetime
+    revoked_at: dt.datetime | None
+    state: str = Field(description="active, revoked or expired")
+
+
+class EnrolmentCodeStateOut(BaseModel):
+    """One enrolment code of an account (the code itself is never shown again)."""
+
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    used_at: dt.datetime | None
+    state: str = Field(description="pending, used or expired")
+
+
+class UserOut(BaseModel):
+    """An account as officers and admins see it (`account list`, `server users`)."""
+
+    username: str
+    role: str
+    identity: str
+    disabled: bool
+    created_at: dt.datetime
+    tokens: list[TokenOut]
+    enrolment_codes: list[EnrolmentCodeStateOut]
+
+    @classmethod
+    def from_report(cls, report: accounts.AccountReport) -> UserOut:
+        return cls.model_validate(asdict(report))
+
+
+class RevokedOut(BaseModel):
+    username: str
+    revoked: int = Field(description="how many API tokens were revoked")
 
 
 class NewUserIn(BaseModel):
@@ -124,10 +169,39 @@ def logout(auth: AuthDep, db: DbDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/users", response_model=list[AccountOut], tags=["accounts"])
-def list_users(_admin: AdminUser, db: DbDep) -> list[AccountOut]:
-    """Every account (admins only)."""
-    return [_account(user) for user in accounts.list_users(db)]
+@router.post("/logout/all", response_model=RevokedOut, tags=["accounts"])
+def logout_everywhere(auth: AuthDep, db: DbDep) -> RevokedOut:
+    """Revoke every API token of the calling account, this one included (`logout --all`)."""
+    count = accounts.revoke_tokens(db, auth.user.name, by=auth.user.name)
+    return RevokedOut(username=auth.user.name, revoked=count)
+
+
+@router.get("/users", response_model=list[UserOut], tags=["accounts"])
+def list_users(_officer: OfficerUser, db: DbDep) -> list[UserOut]:
+    """Every account with its API tokens and enrolment codes (officers and admins)."""
+    return [UserOut.from_report(r) for r in accounts.account_reports(db)]
+
+
+@router.post("/users/{username}/revoke-tokens", response_model=RevokedOut, tags=["accounts"])
+def revoke_user_tokens(username: str, officer: OfficerUser, db: DbDep) -> RevokedOut:
+    """Revoke every API token of an account, e.g. after a laptop was stolen (officers)."""
+    accounts.check_may_manage(officer, accounts.find_user(db, username))
+    count = accounts.revoke_tokens(db, username, by=officer.name)
+    return RevokedOut(username=username, revoked=count)
+
+
+@router.post("/users/{username}/disable", response_model=UserOut, tags=["accounts"])
+def disable_user(username: str, officer: OfficerUser, db: DbDep) -> UserOut:
+    """Disable an account: its tokens and enrolment codes stop working until enabled."""
+    accounts.set_disabled(db, username, True, by=officer)
+    return UserOut.from_report(accounts.account_reports(db, username)[0])
+
+
+@router.post("/users/{username}/enable", response_model=UserOut, tags=["accounts"])
+def enable_user(username: str, officer: OfficerUser, db: DbDep) -> UserOut:
+    """Enable a disabled account again (its unrevoked, unexpired tokens work again)."""
+    accounts.set_disabled(db, username, False, by=officer)
+    return UserOut.from_report(accounts.account_reports(db, username)[0])
 
 
 @router.post("/users", response_model=EnrolmentCodeOut, status_code=201, tags=["accounts"])

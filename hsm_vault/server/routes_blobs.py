@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -39,6 +39,7 @@ from starlette.requests import ClientDisconnect
 
 from hsm_vault.envelope.format import MAC_LENGTH, MAX_BODY_LENGTH, PREFIX_LENGTH
 from hsm_vault.errors import ConfigError, TooLarge
+from hsm_vault.names import BLOB_NAME_PATTERN, BLOB_NAME_RULE, is_blob_name
 from hsm_vault.server.auth import CurrentUser, DbDep
 from hsm_vault.server.blob_models import BlobRecipient, BlobRecord
 from hsm_vault.server.blobs import (
@@ -49,11 +50,9 @@ from hsm_vault.server.blobs import (
     new_blob_key,
 )
 from hsm_vault.server.db import User, utcnow
-from hsm_vault.server.problems import Problem
+from hsm_vault.server.problems import Problem, problem_responses
 from hsm_vault.server.settings import ServerSettings
 
-BLOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$"
-_BLOB_NAME = re.compile(BLOB_NAME_PATTERN)
 GiB = 1024 * 1024 * 1024
 # Coalesce the ASGI body messages (~64 KiB) before each hop to the worker thread.
 _WRITE_BATCH = 1024 * 1024
@@ -168,12 +167,8 @@ def key_ids_of_user(db: Session, user: User) -> set[str]:
 
 
 def _check_name(name: str) -> str:
-    if not _BLOB_NAME.match(name):
-        raise Problem(
-            422,
-            f"invalid blob name {name!r}: use 1-200 letters, digits and . _ + = @ -, "
-            "starting with a letter or digit",
-        )
+    if not is_blob_name(name):
+        raise Problem(422, f"invalid blob name {name!r}: use {BLOB_NAME_RULE}")
     return name
 
 
@@ -197,21 +192,25 @@ def _used_bytes(db: Session, user_id: int) -> int:
     )
 
 
-def _find_owner(db: Session, caller: User, owner: str | None) -> User:
+def _find_owner(db: Session, caller: User, owner: str | None) -> User | None:
+    """The named owner, or None if there is no such user (answered like a missing blob)."""
     if owner is None or owner == caller.name:
         return caller
-    user = db.scalar(select(User).where(User.name == owner))
-    if user is None:
-        raise Problem(404, f"no user named {owner!r}")
-    return user
+    return db.scalar(select(User).where(User.name == owner))
 
 
-def _find_blob(db: Session, owner: User, name: str) -> BlobRecord:
-    record = db.scalar(
-        select(BlobRecord).where(BlobRecord.owner_id == owner.id, BlobRecord.name == name)
+def _find_blob(db: Session, owner: User | None, owner_name: str, name: str) -> BlobRecord:
+    # An unknown user and a known user without that blob get the same answer, so the blob
+    # routes cannot be used to find out which user names exist.
+    record = (
+        db.scalar(
+            select(BlobRecord).where(BlobRecord.owner_id == owner.id, BlobRecord.name == name)
+        )
+        if owner is not None
+        else None
     )
     if record is None:
-        raise Problem(404, f"no blob named {name!r} owned by {owner.name}")
+        raise Problem(404, f"no blob named {name!r} owned by {owner_name}")
     return record
 
 
@@ -219,13 +218,13 @@ def _readable_blob(db: Session, caller: User, owner_name: str | None, name: str)
     """The blob, if the caller owns it or is one of its recipients; 403 otherwise."""
     _check_name(name)
     owner = _find_owner(db, caller, owner_name)
-    record = _find_blob(db, owner, name)
+    record = _find_blob(db, owner, owner_name or caller.name, name)
     if record.owner_id == caller.id:
         return record
     recipients = {r.key_id for r in record.recipients}
     if recipients and recipients & key_ids_of_user(db, caller):
         return record
-    raise Problem(403, f"you are neither the owner nor a recipient of {owner.name}/{name}")
+    raise Problem(403, f"you are neither the owner nor a recipient of {owner_name}/{name}")
 
 
 def blob_metadata(record: BlobRecord, owner_name: str) -> dict[str, Any]:
@@ -292,6 +291,24 @@ def _digest_headers(record: BlobRecord) -> dict[str, str]:
 # --- routes ---------------------------------------------------------------------------------------
 
 
+#: A blob name in a path: the pattern is in the OpenAPI document; `_check_name` checks it (in
+#: full, with a message that says what a name may hold).
+BlobName = Annotated[
+    str, Path(description=BLOB_NAME_RULE, json_schema_extra={"pattern": BLOB_NAME_PATTERN})
+]
+_DOWNLOAD = {
+    200: {
+        "description": "the blob's bytes",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    206: {
+        "description": "the requested byte range",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **problem_responses(403, 404, 416),
+}
+
+
 @router.get("")
 def list_blobs(
     db: DbDep,
@@ -324,9 +341,11 @@ def list_blobs(
 @router.put(
     "/{name}",
     status_code=201,
+    responses=problem_responses(409, 413),
     openapi_extra={
         "requestBody": {
-            "required": True,
+            # An empty body is a valid (empty) blob, stored as it is.
+            "required": False,
             "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },
@@ -334,7 +353,7 @@ def list_blobs(
     },
 )
 async def upload_blob(
-    name: str,
+    name: BlobName,
     request: Request,
     db: DbDep,
     user: CurrentUser,
@@ -469,17 +488,19 @@ async def _receive_into(request: Request, writer: BlobWriter, head: bytearray) -
         await run_in_threadpool(writer.write, bytes(batch))
 
 
-@router.get("/{name}/meta")
-def blob_meta(name: str, db: DbDep, user: CurrentUser, owner: str | None = None) -> dict[str, Any]:
+@router.get("/{name}/meta", responses=problem_responses(403, 404))
+def blob_meta(
+    name: BlobName, db: DbDep, user: CurrentUser, owner: str | None = None
+) -> dict[str, Any]:
     """Size, SHA-256, created-at, owner and recipients' key ids of a readable blob."""
     record = _readable_blob(db, user, owner, name)
     return blob_metadata(record, _owner_name(db, record, user))
 
 
-@router.head("/{name}", response_model=None, operation_id="head_blob")
-@router.get("/{name}", response_model=None, operation_id="download_blob")
+@router.head("/{name}", response_model=None, operation_id="head_blob", responses=_DOWNLOAD)
+@router.get("/{name}", response_model=None, operation_id="download_blob", responses=_DOWNLOAD)
 def download_blob(
-    name: str,
+    name: BlobName,
     request: Request,
     db: DbDep,
     user: CurrentUser,
@@ -506,16 +527,16 @@ def download_blob(
     )
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=problem_responses(403, 404))
 def delete_blob(
-    name: str, db: DbDep, user: CurrentUser, store: StoreDep, owner: str | None = None
+    name: BlobName, db: DbDep, user: CurrentUser, store: StoreDep, owner: str | None = None
 ) -> Response:
     """Delete one of the caller's own blobs (a recipient may read, never delete)."""
     _check_name(name)
-    blob_owner = _find_owner(db, user, owner)
-    record = _find_blob(db, blob_owner, name)
+    owner_name = owner or user.name
+    record = _find_blob(db, _find_owner(db, user, owner), owner_name, name)
     if record.owner_id != user.id:
-        raise Problem(403, f"only {blob_owner.name} may delete {blob_owner.name}/{name}")
+        raise Problem(403, f"only {owner_name} may delete {owner_name}/{name}")
     storage_key = record.storage_key
     db.delete(record)
     db.commit()

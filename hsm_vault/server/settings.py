@@ -2,7 +2,9 @@
 
 `hsm-vault server init` writes the file; `hsm-vault server run` reads it (options on the command
 line override single fields). The file holds no secret: the token PIN comes from a PIN file or
-the environment when the server starts.
+the environment when the server starts; a database password from libpq's own files
+(PGPASSFILE, a service file), HSM_VAULT_DATABASE_PASSWORD or a password file (mode 0600); S3
+credentials from the AWS chain (environment, profile, instance role).
 """
 
 from __future__ import annotations
@@ -11,15 +13,25 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsm_vault.errors import ConfigError, PinUnavailable
 from hsm_vault.token.pin import PIN_ENV, Pin, PinSource
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 SETTINGS_FILE = "server.json"
 SETTINGS_VERSION = 1
 #: The environment variable read for the server token's PIN before HSM_VAULT_PIN.
 SERVER_PIN_ENV = "HSM_VAULT_SERVER_PIN"
+#: The environment variable read for the database password (when no password file is set).
+DATABASE_PASSWORD_ENV = "HSM_VAULT_DATABASE_PASSWORD"
+_DATABASE_PASSWORD_HINT = (
+    "Keep the password out of the URL: use libpq's ~/.pgpass (or PGPASSFILE) or a service "
+    f"file (PGSERVICEFILE, ?service=NAME), set {DATABASE_PASSWORD_ENV}, or pass "
+    "--database-password-file FILE (mode 0600)."
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,8 @@ class ServerSettings:
     app_key: str = "hsm-vault-app"
     #: A file whose first line is the token's user PIN (else HSM_VAULT_SERVER_PIN / _PIN).
     pin_file: Path | None = None
+    #: A file (mode 0600) whose first line is the database password; never the password.
+    database_password_file: Path | None = None
     #: Approve every published card at once (off by default: an officer approves).
     auto_approve: bool = False
     api_token_ttl_seconds: int = 30 * 24 * 3600
@@ -63,6 +77,41 @@ class ServerSettings:
             raise ConfigError("log_max_age_seconds must be at least 3600")
         if self.max_json_bytes < 1024:
             raise ConfigError("max_json_bytes must be at least 1024")
+        if self.database_url and _url_password(self.database_url):
+            raise ConfigError(
+                "the database URL holds a password, which would be kept in server.json",
+                hint=_DATABASE_PASSWORD_HINT,
+            )
+
+    def engine_url(self) -> URL:
+        """The database URL to connect with: the password added from the file or the
+        environment, if one is given (libpq's own PGPASSFILE and service files need nothing)."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.effective_database_url)
+        password = self._database_password()
+        return url.set(password=password) if password else url
+
+    def _database_password(self) -> str | None:
+        path = self.database_password_file
+        if path is None:
+            return os.environ.get(DATABASE_PASSWORD_ENV) or None
+        try:
+            mode = path.stat().st_mode
+            if mode & 0o077:
+                raise ConfigError(
+                    f"{path} can be read by others (mode {mode & 0o777:o})",
+                    hint=f"Run: chmod 600 {path}",
+                )
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the database password file {path}: {exc.strerror}"
+            ) from None
+        password = text.splitlines()[0] if text.strip() else ""
+        if not password:
+            raise ConfigError(f"the database password file {path} is empty")
+        return password
 
     @property
     def effective_database_url(self) -> str:
@@ -124,8 +173,9 @@ class ServerSettings:
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"{path} has unknown settings: {', '.join(sorted(unknown))}")
-        if raw.get("pin_file"):
-            raw["pin_file"] = Path(raw["pin_file"])
+        for name in ("pin_file", "database_password_file"):
+            if raw.get(name):
+                raw[name] = Path(raw[name])
         try:
             return cls(data_dir=data_dir, **raw)
         except TypeError as exc:
@@ -134,3 +184,13 @@ class ServerSettings:
     def with_overrides(self, **changes: Any) -> ServerSettings:
         """A copy with the given fields replaced; None values are ignored."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _url_password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password
+    except ArgumentError as exc:
+        raise ConfigError(f"invalid database URL: {exc}") from None

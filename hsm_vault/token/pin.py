@@ -42,8 +42,9 @@ class Pin:
 class PinSource:
     """How to obtain the user PIN when a login is needed (only then: no prompt otherwise).
 
-    Order: `pin_file` if given, then the environment variable, then a hidden prompt when
-    standard input is a terminal.
+    Order: `pin_file` if given, then the environment variable, then a hidden prompt on the
+    controlling terminal (`/dev/tty`), so `hsm-vault decrypt < f.hsmv | tar t` asks there
+    even though standard input and output are pipes.
     """
 
     pin_file: Path | None = None
@@ -71,8 +72,35 @@ class PinSource:
         from_env = os.environ.get(self.env_var)
         if from_env:
             return Pin(from_env)
-        if self.interactive and sys.stdin.isatty():
-            typed = getpass.getpass(self.prompt.format(token=token_label))
+        if self.interactive and has_terminal():
+            try:
+                typed = getpass.getpass(self.prompt.format(token=token_label))
+            except KeyboardInterrupt:
+                # getpass leaves the cursor after the prompt: end the line for the shell.
+                _end_prompt_line()
+                raise
             if typed:
                 return Pin(typed)
         raise PinUnavailable(f"no {self.what} for token {token_label!r}", hint=self.hint)
+
+
+def _end_prompt_line() -> None:
+    try:
+        fd = os.open("/dev/tty", os.O_WRONLY | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        sys.stderr.write("\n")
+        return
+    try:
+        os.write(fd, b"\n")
+    finally:
+        os.close(fd)
+
+
+def has_terminal() -> bool:
+    """True if a hidden prompt can be shown: a controlling terminal, or stdin is one."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return sys.stdin.isatty()
+    os.close(fd)
+    return True

@@ -1,7 +1,7 @@
 """The transparency log: entries, signed heads, the log state, and each card's log entries.
 
 Revision ID: log_0001
-Revises: policy_0001
+Revises: 0002_token_last_used
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "log_0001"
-down_revision = "policy_0001"
+down_revision = "0002_token_last_used"
 branch_labels = None
 depends_on = None
 

@@ -284,6 +284,11 @@ class LogForkError(LogError):
     (restored backup), or a rewritten entry."""
 
 
+class LogMoved(LogForkError):
+    """The log grew again while a card answer was being checked: ask again (the client
+    retries once; a second time it is refused like a fork)."""
+
+
 class LogWithheld(LogError):
     """The server serves a card without the revocation or rotation its log holds."""
 

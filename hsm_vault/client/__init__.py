@@ -38,6 +38,7 @@ from hsm_vault.errors import (
     CardError,
     ConflictOnServer,
     HsmVaultError,
+    LogMoved,
     NotFoundOnServer,
     NotLoggedIn,
     PermissionDenied,
@@ -554,15 +555,27 @@ class VaultClient:
     ) -> list[VerifiedCard]:
         """Approved cards for `identity`, every one verified (with `log`, also in the
         transparency log); ServerTrustError if any fails."""
-        entries = self.search_cards(identity)
-        return [verify_entry(e, policy, expect_identity=identity, log=log) for e in entries]
+        for attempt in (1, 2):
+            entries = self.search_cards(identity)
+            try:
+                return [verify_entry(e, policy, expect_identity=identity, log=log) for e in entries]
+            except LogMoved:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def fetch_card(
         self, card_id: str, policy: TrustPolicy, log: LogCheck | None = None
     ) -> VerifiedCard:
         """One card by id with its status and verified revocation, if any."""
-        entry = self.get_card(card_id)
-        return verify_entry(entry, policy, expect_id=card_id, log=log)
+        for attempt in (1, 2):
+            entry = self.get_card(card_id)
+            try:
+                return verify_entry(entry, policy, expect_id=card_id, log=log)
+            except LogMoved:  # the log grew between the answer and the check: once more
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def client_from_config(config: Config | None = None, *, need_login: bool = True) -> VaultClient:

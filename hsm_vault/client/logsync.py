@@ -15,7 +15,14 @@ from typing import Any
 from hsm_vault.cards.model import Card
 from hsm_vault.client import VaultClient
 from hsm_vault.config import Config
-from hsm_vault.errors import LogError, LogForkError, LogFormatError, LogProofError, ServerError
+from hsm_vault.errors import (
+    LogError,
+    LogForkError,
+    LogFormatError,
+    LogMoved,
+    LogProofError,
+    ServerError,
+)
 from hsm_vault.trust import SignedPolicy
 from hsm_vault.trust.entries import StatedCard
 from hsm_vault.trust.log import (
@@ -144,6 +151,11 @@ class LogSync:
                     f"{state.size} seen here (a rollback): {ALERT}"
                 )
             state = self.sync()
+            if head.size < state.size:
+                raise LogMoved(
+                    f"the server's log grew while it answered (from {head.size} to {state.size} "
+                    f"entries), twice: {ALERT}"
+                )
             if not head.head.same_tree(state.head.head):
                 raise LogForkError(f"the server answers from another log than it states: {ALERT}")
         proofs: Any = entry.log

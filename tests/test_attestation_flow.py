@@ -147,11 +147,11 @@ def test_publish_approve_find_encrypt_decrypt(flow: Flow, alice_card: dict) -> N
     published = json.loads(flow.as_("alice", "card", "publish", alice_card["id"], "--json").stdout)
     assert published["status"] == "pending"
     pending = json.loads(flow.run(flow.officer, "card", "pending", "--json").stdout)
-    row = next(r for r in pending if r["id"] == alice_card["id"])
+    row = next(r for r in pending["cards"] if r["id"] == alice_card["id"])
     assert row["attested"] is True and row["attestation"]["serial"] == flow.yk.serial
     flow.run(flow.officer, "card", "approve", alice_card["id"], "--yes")
     found = json.loads(flow.as_("bob", "card", "find", flow.identity("alice"), "--json").stdout)
-    assert [(r["id"], r["attested"]) for r in found] == [(alice_card["id"], True)]
+    assert [(r["id"], r["attested"]) for r in found["cards"]] == [(alice_card["id"], True)]
     (flow.work / "plan.txt").write_text("attested eyes only")
     flow.as_("bob", "encrypt", "--to", flow.identity("alice"), "plan.txt")
     (flow.work / "plan.txt").unlink()

@@ -103,7 +103,7 @@ def test_a_card_needs_two_officers_and_no_one_approves_their_own(officers: Offic
     card_id = new_card(alice, "alice")
     status, out = cli(olga, "card", "pending", "--json")
     assert status == 0, out
-    row = next(r for r in json.loads(out) if r["id"] == card_id)
+    row = next(r for r in json.loads(out)["cards"] if r["id"] == card_id)
     assert row["token_protected"] is True and len(row["key_fingerprint_sha256"]) == 64
 
     # An approval that does not verify is refused and nothing is stored.
@@ -151,7 +151,7 @@ def test_a_card_needs_two_officers_and_no_one_approves_their_own(officers: Offic
     assert "approved card" in out
     status, out = cli(bob, "card", "find", alice.name, "--json")
     assert status == 0, out
-    signers = json.loads(out)[0]["signers"]
+    signers = json.loads(out)["cards"][0]["signers"]
     assert signers == sorted(["app", "self", f"officer:{olga.name}", f"officer:{oscar.name}"])
 
 

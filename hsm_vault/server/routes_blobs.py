@@ -550,6 +550,7 @@ def delete_blob(
 
 @router.put(
     "/{name}/header",
+    responses=problem_responses(403, 404, 409, 412, 428),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -560,7 +561,7 @@ def delete_blob(
     },
 )
 async def replace_blob_header(
-    name: str,
+    name: BlobName,
     request: Request,
     db: DbDep,
     user: CurrentUser,

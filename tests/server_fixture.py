@@ -214,6 +214,8 @@ def start_server(
                 str(port),
                 "--log-level",
                 "warning",
+                "--workers",
+                "1",
             ],
             env=env,
             stdout=out,
@@ -239,9 +241,10 @@ def _server_env(softhsm: Any) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def vault_server(softhsm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One real server for the session (officer approval, 1000 failed logins allowed)."""
+    """One real server for the session (officer approval, failed-login limits out of reach)."""
     folder = tmp_path_factory.mktemp("vault-server")
-    server = start_server(folder, _server_env(softhsm), init_args=("--auth-failures", "1000"))
+    limits = ("--auth-failures", "1000", "--auth-address-failures", "100000")
+    server = start_server(folder, _server_env(softhsm), init_args=limits)
     yield server
     server.stop()
 

@@ -12,17 +12,24 @@ What routes find on `request.app.state`:
 
 Routers are joined in `_include_routers`; blob routes (`hsm_vault.server.routes_blobs.router`)
 join there when that module is present.
+
+Concurrency: blocking work (database, token, blob store) runs in at most
+`settings.worker_threads` threads per process, and the database pool holds as many
+connections (see `hsm_vault.server.db.make_engine`). `server run --workers N` starts N
+processes through `app_from_environment`, each opening its own resources.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
@@ -37,6 +44,8 @@ from hsm_vault.server.settings import ServerSettings
 _OPTIONAL_ROUTERS = ("hsm_vault.server.routes_blobs",)
 #: Where request bodies stream (blob uploads): their routes limit the size themselves.
 BLOB_PATH_PREFIX = "/v1/blobs"
+#: The settings (JSON, `ServerSettings.to_json`) that `app_from_environment` serves.
+SETTINGS_ENV = "HSM_VAULT_SERVER_SETTINGS_JSON"
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,11 @@ class ServerResources:
 @contextmanager
 def open_resources(settings: ServerSettings) -> Iterator[ServerResources]:
     """Migrate the database to the newest schema and open the application key."""
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(
+        settings.effective_database_url,
+        pool_size=settings.worker_threads,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     try:
         migrate_to_head(engine)
         with open_application_key(settings) as app_key:
@@ -67,13 +80,22 @@ def _attach(app: FastAPI, resources: ServerResources) -> None:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from hsm_vault.server import routes_accounts, routes_cards
+    from hsm_vault.server import routes_accounts, routes_cards, routes_health
 
+    app.include_router(routes_health.router)
     app.include_router(routes_accounts.router)
     app.include_router(routes_cards.router)
     for name in _OPTIONAL_ROUTERS:
         if importlib.util.find_spec(name) is not None:
             app.include_router(importlib.import_module(name).router)
+
+
+def _start_serving(app: FastAPI, settings: ServerSettings) -> None:
+    """Per process, in its event loop: the thread limit, then the blob store and its sweep."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+    if importlib.util.find_spec(_OPTIONAL_ROUTERS[0]) is not None:
+        # Opens the store and removes what processes that died mid-upload left behind.
+        importlib.import_module(_OPTIONAL_ROUTERS[0]).configure_blob_store(app, settings)
 
 
 def create_app(settings: ServerSettings, resources: ServerResources | None = None) -> FastAPI:
@@ -87,10 +109,12 @@ def create_app(settings: ServerSettings, resources: ServerResources | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if resources is not None:
             _attach(app, resources)
+            _start_serving(app, settings)
             yield
             return
         with ExitStack() as stack:
             _attach(app, stack.enter_context(open_resources(settings)))
+            _start_serving(app, settings)
             yield
 
     app = FastAPI(
@@ -110,3 +134,8 @@ def create_app(settings: ServerSettings, resources: ServerResources | None = Non
     )
     _include_routers(app)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app for a worker process of `server run --workers N` (a uvicorn factory)."""
+    return create_app(ServerSettings.from_json(os.environ[SETTINGS_ENV]))

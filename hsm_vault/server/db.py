@@ -119,22 +119,29 @@ class ApiToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
-class AuthFailure(Base):
-    """One failed authentication, counted per client address and per user name."""
+class AuthLimit(Base):
+    """Failed authentications of one subject, and until when it must wait (the limiter).
 
-    __tablename__ = "auth_failures"
-    __table_args__ = (Index("ix_auth_failures_subject_at", "subject", "at"),)
+    One row per subject, updated with an atomic upsert, so the count holds across replicas.
+    """
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    #: "ip:ADDRESS" or "user:NAME".
-    subject: Mapped[str] = mapped_column(String(300))
-    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    __tablename__ = "auth_limits"
+
+    #: "account:NAME", "pair:ADDRESS|NAME" or "address:ADDRESS".
+    subject: Mapped[str] = mapped_column(String(400), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    blocked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class CardRecord(Base):
     """A published card: its text (with every signature it has so far) and its state."""
 
     __tablename__ = "cards"
+    #: Card search: one index range per identity, newest approval first.
+    __table_args__ = (
+        Index("ix_cards_identity_status_decided", "identity", "status", "decided_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -169,14 +176,33 @@ def _create_private_sqlite_file(url: str) -> None:
         Path(path).touch(mode=0o600)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout."""
+def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 30.0) -> Engine:
+    """An engine for `url` with a pool of `pool_size` connections and no overflow.
+
+    The server sizes the pool to its worker threads (`ServerSettings.worker_threads`), so a
+    thread never waits for a connection held by a request that waits for a thread; waiting
+    longer than `pool_timeout` raises `sqlalchemy.exc.TimeoutError` (answered 503).
+    SQLite gets foreign keys, WAL and a busy timeout.
+    """
+    pool = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
         _create_private_sqlite_file(url)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
+
+
+def lock_user_row(connection: Any, user_id: int) -> None:
+    """Serialise this transaction with every other one that locks the same user, until commit.
+
+    A no-op write: PostgreSQL locks the row, SQLite takes its database write lock (and, as the
+    transaction's first statement, sees every commit before it). Quotas use it, so two uploads
+    on two replicas cannot both pass the check.
+    """
+    from sqlalchemy import update
+
+    connection.execute(update(User).where(User.id == user_id).values(id=User.id))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

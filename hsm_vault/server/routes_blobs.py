@@ -42,12 +42,11 @@ from hsm_vault.server.blob_models import BlobRecipient, BlobRecord
 from hsm_vault.server.blobs import (
     BlobStore,
     BlobWriter,
-    LocalBlobStore,
     blob_store_from_url,
     new_blob_key,
 )
-from hsm_vault.server.db import User, utcnow
-from hsm_vault.server.problems import Problem
+from hsm_vault.server.db import User, lock_user_row, utcnow
+from hsm_vault.server.problems import Problem, log
 from hsm_vault.server.settings import ServerSettings
 
 BLOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$"
@@ -90,10 +89,11 @@ class BlobSettings:
 def configure_blob_store(app: FastAPI, settings: ServerSettings) -> None:
     """Open the blob store and put it and its settings on `app.state` (at app creation)."""
     blob_settings = BlobSettings.from_server_settings(settings)
-    store = blob_store_from_url(blob_settings.store)
-    if isinstance(store, LocalBlobStore):
-        # Temporaries of a process that crashed mid-upload; a day old, so no live upload.
-        store.remove_stale_temporaries()
+    store = blob_store_from_url(blob_settings.store, journal_dir=settings.data_dir / "s3-uploads")
+    # What processes that died mid-upload left: their .part files, their S3 multipart uploads.
+    swept = store.sweep_abandoned()
+    if swept:
+        log.warning("removed %d abandoned partial upload(s) of processes that died", swept)
     app.state.blob_settings = blob_settings
     app.state.blob_store = store
 
@@ -354,7 +354,10 @@ async def upload_blob(
         existing = db.scalar(
             select(BlobRecord).where(BlobRecord.owner_id == user.id, BlobRecord.name == name)
         )
-        return _used_bytes(db, user.id), existing
+        used = _used_bytes(db, user.id)
+        # No connection is held while the body streams in (it may take minutes).
+        db.commit()
+        return used, existing
 
     used, existing = await run_in_threadpool(prepare)
     if existing is not None and not replace:
@@ -391,14 +394,20 @@ async def upload_blob(
 
     peeked = await run_in_threadpool(recipient_key_ids_of, bytes(head))
 
-    def record_it() -> BlobRecord:
-        # The quota is checked again now that the size is known: uploads may run in parallel.
-        if _used_bytes(db, user.id) - (existing.size if existing else 0) + info.size > (
-            limits.quota_bytes
-        ):
-            raise _too_large(_quota_message(limits, used, info.size), quota=limits.quota_bytes)
-        if existing is not None:
-            db.delete(existing)
+    def record_it() -> tuple[BlobRecord, BlobRecord | None]:
+        # Checked again under the owner's lock now that the size is known: uploads run in
+        # parallel, on this replica and on others, and only one at a time may pass the quota.
+        lock_user_row(db, user.id)
+        current = db.scalar(
+            select(BlobRecord).where(BlobRecord.owner_id == user.id, BlobRecord.name == name)
+        )
+        if current is not None and not replace:
+            raise Problem(409, f"a blob named {name!r} was uploaded at the same time")
+        used_now = _used_bytes(db, user.id)
+        if used_now - (current.size if current else 0) + info.size > limits.quota_bytes:
+            raise _too_large(_quota_message(limits, used_now, info.size), quota=limits.quota_bytes)
+        if current is not None:
+            db.delete(current)
             db.flush()
         record = BlobRecord(
             owner_id=user.id,
@@ -412,18 +421,18 @@ async def upload_blob(
         )
         db.add(record)
         db.commit()
-        return record
+        return record, current
 
     try:
-        record = await run_in_threadpool(record_it)
+        record, replaced = await run_in_threadpool(record_it)
     except (Problem, IntegrityError) as exc:
         await run_in_threadpool(db.rollback)
         await run_in_threadpool(store.delete, info.key)
         if isinstance(exc, Problem):
             raise
         raise Problem(409, f"a blob named {name!r} was uploaded at the same time") from None
-    if existing is not None:
-        await run_in_threadpool(store.delete, existing.storage_key)
+    if replaced is not None:
+        await run_in_threadpool(store.delete, replaced.storage_key)
     return JSONResponse(
         blob_metadata(record, user.name),
         status_code=201,

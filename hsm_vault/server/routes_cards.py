@@ -8,11 +8,11 @@ revocations they fetch against the application key they pinned.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from hsm_vault.cards.model import (
@@ -130,8 +130,9 @@ def _may_see(user: User, record: CardRecord) -> bool:
     return public or record.owner_id == user.id or user.role_enum.includes(Role.OFFICER)
 
 
-def _approve(db: Session, record: CardRecord, app_key: ApplicationKey, by: str) -> None:
-    """Add the app signature (made on the server's token) and publish; supersede the previous."""
+def _approval(record: CardRecord, app_key: ApplicationKey, by: str) -> dict[str, Any]:
+    """The approved record's new values: the card with the app signature (made on the
+    server's token), its status, when and by whom."""
     card = Card.from_text(record.text)
     verify_card(card, TrustPolicy.self_only())
     signature = CardSignature(
@@ -142,16 +143,41 @@ def _approve(db: Session, record: CardRecord, app_key: ApplicationKey, by: str) 
     )
     signed = card.with_signature(signature)
     verify_card(signed, TrustPolicy.with_app_key(app_key.info.spki_der))
-    now = utcnow()
-    record.text = signed.to_text()
-    record.status = CardStatus.APPROVED.value
-    record.decided_at = now
-    record.decided_by = by
+    return {
+        "text": signed.to_text(),
+        "status": CardStatus.APPROVED.value,
+        "decided_at": utcnow(),
+        "decided_by": by,
+    }
+
+
+def _supersede_previous(db: Session, record: CardRecord) -> None:
     if record.previous_id:
-        previous = db.get(CardRecord, record.previous_id)
-        if previous is not None and previous.status == CardStatus.APPROVED:
-            previous.status = CardStatus.SUPERSEDED.value
-            previous.superseded_by = record.id
+        db.execute(
+            update(CardRecord)
+            .where(
+                CardRecord.id == record.previous_id,
+                CardRecord.status == CardStatus.APPROVED.value,
+            )
+            .values(status=CardStatus.SUPERSEDED.value, superseded_by=record.id)
+        )
+
+
+def _decide(db: Session, record: CardRecord, expected: CardStatus, **values: Any) -> None:
+    """Write `values` only if the card is still in state `expected` (409 otherwise).
+
+    A conditional UPDATE, so the same card approved (or revoked) on two replicas at once is
+    decided once; the loser is told it was decided meanwhile.
+    """
+    done = db.execute(
+        update(CardRecord)
+        .where(CardRecord.id == record.id, CardRecord.status == expected.value)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        db.rollback()
+        raise Problem(409, f"card {record.id} was decided by someone else at the same time")
 
 
 @router.post("", response_model=CardOut, status_code=201)
@@ -188,9 +214,11 @@ def publish_card(
         previous_id=card.previous_id,
         published_at=utcnow(),
     )
-    db.add(record)
     if settings.auto_approve:
-        _approve(db, record, _app_key(request), by="auto-approve")
+        for field, value in _approval(record, _app_key(request), "auto-approve").items():
+            setattr(record, field, value)
+        _supersede_previous(db, record)
+    db.add(record)
     db.commit()
     return _out(record, user.name)
 
@@ -202,14 +230,13 @@ def search_cards(
     db: DbDep,
 ) -> CardListOut:
     """Approved, unrevoked, current cards for an identity, with their signatures."""
-    records = list(
-        db.scalars(
-            select(CardRecord)
-            .where(CardRecord.identity == identity, CardRecord.status == CardStatus.APPROVED)
-            .order_by(CardRecord.decided_at.desc())
-        )
-    )
-    return _list_out(db, records)
+    rows = db.execute(
+        select(CardRecord, User.name)
+        .join(User, User.id == CardRecord.owner_id)
+        .where(CardRecord.identity == identity, CardRecord.status == CardStatus.APPROVED)
+        .order_by(CardRecord.decided_at.desc())
+    ).all()
+    return CardListOut(cards=[_out(record, owner) for record, owner in rows])
 
 
 @router.get("/pending", response_model=CardListOut)
@@ -263,8 +290,10 @@ def approve_card(
         if previous is None or previous.status != CardStatus.APPROVED:
             state = previous.status if previous else "gone"
             raise Problem(409, f"the card this one replaces is {state} now, not approved")
-    _approve(db, record, _app_key(request), by=officer.name)
+    _decide(db, record, CardStatus.PENDING, **_approval(record, _app_key(request), officer.name))
+    _supersede_previous(db, record)
     db.commit()
+    db.refresh(record)
     return _list_out(db, [record]).cards[0]
 
 
@@ -279,11 +308,17 @@ def reject_card(
     record = _get_record(db, card_id)
     if record.status != CardStatus.PENDING:
         raise Problem(409, f"card {card_id} is {record.status}, not pending")
-    record.status = CardStatus.REJECTED.value
-    record.reject_reason = body.reason
-    record.decided_at = utcnow()
-    record.decided_by = officer.name
+    _decide(
+        db,
+        record,
+        CardStatus.PENDING,
+        status=CardStatus.REJECTED.value,
+        reject_reason=body.reason,
+        decided_at=utcnow(),
+        decided_by=officer.name,
+    )
     db.commit()
+    db.refresh(record)
     return _list_out(db, [record]).cards[0]
 
 
@@ -339,8 +374,14 @@ def revoke_card(
             "send a revocation statement signed with the card's key "
             "(or ask an officer to revoke it)",
         )
-    record.revocation = statement.to_text()
-    record.revoked_at = utcnow()
-    record.status = CardStatus.REVOKED.value
+    _decide(
+        db,
+        record,
+        CardStatus(record.status),
+        revocation=statement.to_text(),
+        revoked_at=utcnow(),
+        status=CardStatus.REVOKED.value,
+    )
     db.commit()
+    db.refresh(record)
     return _list_out(db, [record]).cards[0]

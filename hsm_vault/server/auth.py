@@ -22,18 +22,20 @@ import hashlib
 import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from hsm_vault.server.db import ApiToken, AuthLimit, EnrolmentCode, Role, User, utcnow
 from hsm_vault.server.problems import Problem
 from hsm_vault.server.settings import ServerSettings
 
+T = TypeVar("T")
 API_TOKEN_PREFIX = "hsmv_"
 _CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
 _CODE_LENGTH = 20
@@ -91,6 +93,12 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
                 raise
         else:
             session.close()
+
+
+def end_read(db: Session) -> None:
+    """End a read-only transaction in the route's own thread (hot paths): the connection goes
+    back to the pool at once, and closing the session afterwards needs no thread."""
+    db.commit()
 
 
 def client_address(request: Request) -> str:
@@ -280,11 +288,17 @@ class Authenticated:
         return self.user.role_enum
 
 
-def get_authenticated(
-    request: Request,
-    db: DbDep,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+#: Built once: constructing a statement costs more than running it from the compiled cache.
+_TOKEN_LOOKUP = (
+    select(ApiToken, User)
+    .join(User, ApiToken.user_id == User.id)
+    .where(ApiToken.token_hash == bindparam("token_hash"))
+)
+
+
+def authenticate(
+    db: Session, settings: ServerSettings, address: str, credentials: BearerDep
 ) -> Authenticated:
     """Check the bearer API token: 401 if missing, unknown, revoked or expired.
 
@@ -293,11 +307,7 @@ def get_authenticated(
     """
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorised("this request needs an API token (Authorization: Bearer ...)")
-    row = db.execute(
-        select(ApiToken, User)
-        .join(User, ApiToken.user_id == User.id)
-        .where(ApiToken.token_hash == secret_hash(credentials.credentials))
-    ).first()
+    row = db.execute(_TOKEN_LOOKUP, {"token_hash": secret_hash(credentials.credentials)}).first()
     problem: Problem | None = None
     if row is None:
         problem = _unauthorised("the API token is not valid")
@@ -311,13 +321,39 @@ def get_authenticated(
             problem = _unauthorised("the account is disabled")
     if problem is not None:
         limiter = FailureLimiter(db, settings)
-        address = f"address:{client_address(request)}"
-        limiter.check(address)
-        limiter.record(address)
+        limiter.check(f"address:{address}")
+        limiter.record(f"address:{address}")
         raise problem
-    # Ends the read: the connection goes back to the pool before the route waits for a thread.
-    db.commit()
     return Authenticated(user, token)
+
+
+def get_authenticated(
+    request: Request, db: DbDep, settings: SettingsDep, credentials: BearerDep
+) -> Authenticated:
+    """`authenticate` as a FastAPI dependency, in its own worker thread."""
+    auth = authenticate(db, settings, client_address(request), credentials)
+    # The connection goes back to the pool before the route waits for a thread.
+    end_read(db)
+    return auth
+
+
+async def run_authenticated(
+    request: Request, credentials: BearerDep, work: Callable[[Session, Authenticated], T]
+) -> T:
+    """Authenticate and run `work` with one session in one worker thread (the hot paths).
+
+    A dependency chain hops to a worker thread for each sync step; on a busy machine each
+    hop waits for the scheduler. Here the request makes one hop, and the session is closed
+    (its connection back in the pool) before the thread is given back.
+    """
+    settings: ServerSettings = request.app.state.settings
+    address = client_address(request)
+
+    def call() -> T:
+        with request.app.state.sessionmaker() as db:
+            return work(db, authenticate(db, settings, address, credentials))
+
+    return await run_in_threadpool(call)
 
 
 AuthDep = Annotated[Authenticated, Depends(get_authenticated)]

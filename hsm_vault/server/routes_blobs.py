@@ -37,7 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from hsm_vault.envelope.format import MAC_LENGTH, MAX_BODY_LENGTH, PREFIX_LENGTH
 from hsm_vault.errors import ConfigError, TooLarge
-from hsm_vault.server.auth import CurrentUser, DbDep
+from hsm_vault.server.auth import CurrentUser, DbDep, end_read
 from hsm_vault.server.blob_models import BlobRecipient, BlobRecord
 from hsm_vault.server.blobs import (
     BlobStore,
@@ -45,7 +45,7 @@ from hsm_vault.server.blobs import (
     blob_store_from_url,
     new_blob_key,
 )
-from hsm_vault.server.db import User, lock_user_row, utcnow
+from hsm_vault.server.db import User, user_write_transaction, utcnow
 from hsm_vault.server.problems import Problem, log
 from hsm_vault.server.settings import ServerSettings
 
@@ -397,30 +397,32 @@ async def upload_blob(
     def record_it() -> tuple[BlobRecord, BlobRecord | None]:
         # Checked again under the owner's lock now that the size is known: uploads run in
         # parallel, on this replica and on others, and only one at a time may pass the quota.
-        lock_user_row(db, user.id)
-        current = db.scalar(
-            select(BlobRecord).where(BlobRecord.owner_id == user.id, BlobRecord.name == name)
-        )
-        if current is not None and not replace:
-            raise Problem(409, f"a blob named {name!r} was uploaded at the same time")
-        used_now = _used_bytes(db, user.id)
-        if used_now - (current.size if current else 0) + info.size > limits.quota_bytes:
-            raise _too_large(_quota_message(limits, used_now, info.size), quota=limits.quota_bytes)
-        if current is not None:
-            db.delete(current)
-            db.flush()
-        record = BlobRecord(
-            owner_id=user.id,
-            name=name,
-            storage_key=info.key,
-            size=info.size,
-            sha256=info.sha256,
-            created_at=utcnow(),
-            envelope_version=peeked[0] if peeked else None,
-            recipients=[BlobRecipient(key_id=k) for k in (peeked[1] if peeked else [])],
-        )
-        db.add(record)
-        db.commit()
+        with user_write_transaction(db, user.id):
+            current = db.scalar(
+                select(BlobRecord).where(BlobRecord.owner_id == user.id, BlobRecord.name == name)
+            )
+            if current is not None and not replace:
+                raise Problem(409, f"a blob named {name!r} was uploaded at the same time")
+            used_now = _used_bytes(db, user.id)
+            if used_now - (current.size if current else 0) + info.size > limits.quota_bytes:
+                raise _too_large(
+                    _quota_message(limits, used_now, info.size), quota=limits.quota_bytes
+                )
+            if current is not None:
+                db.delete(current)
+                db.flush()
+            record = BlobRecord(
+                owner_id=user.id,
+                name=name,
+                storage_key=info.key,
+                size=info.size,
+                sha256=info.sha256,
+                created_at=utcnow(),
+                envelope_version=peeked[0] if peeked else None,
+                recipients=[BlobRecipient(key_id=k) for k in (peeked[1] if peeked else [])],
+            )
+            db.add(record)
+            db.commit()
         return record, current
 
     try:
@@ -475,7 +477,9 @@ async def _receive_into(request: Request, writer: BlobWriter, head: bytearray) -
 def blob_meta(name: str, db: DbDep, user: CurrentUser, owner: str | None = None) -> dict[str, Any]:
     """Size, SHA-256, created-at, owner and recipients' key ids of a readable blob."""
     record = _readable_blob(db, user, owner, name)
-    return blob_metadata(record, _owner_name(db, record, user))
+    meta = blob_metadata(record, _owner_name(db, record, user))
+    end_read(db)
+    return meta
 
 
 @router.head("/{name}", response_model=None, operation_id="head_blob")
@@ -490,6 +494,7 @@ def download_blob(
 ) -> Response:
     """The blob's bytes, streamed; a single `Range` gives 206 with Content-Range."""
     record = _readable_blob(db, user, owner, name)
+    end_read(db)
     headers = _digest_headers(record)
     size = record.size
     wanted = _parse_range(request.headers.get("range"), size)

@@ -175,7 +175,6 @@ def start_server(
     app_key: str | None = None,
 ) -> RunningServer:
     """`server init` a fresh data folder in `folder`, then `server run` it on a free port."""
-    import requests
 
     data = folder / "server-data"
     label = app_key or unique("app")
@@ -200,9 +199,20 @@ def start_server(
     )
     if init.returncode != 0:
         raise RuntimeError(f"server init failed: {init.stdout}{init.stderr}")
-    port = free_port()
-    log = folder / "server.log"
-    with log.open("wb") as out:
+    return run_server(data, env, folder / "server.log")
+
+
+def run_server(
+    data: Path, env: dict[str, str], log: Path, port: int | None = None
+) -> RunningServer:
+    """`server run` an initialised data folder (one worker) on a free port; wait until ready.
+
+    Several may run on one data folder: replicas sharing its database and blob store.
+    """
+    import requests
+
+    port = port or free_port()
+    with log.open("ab") as out:
         process = subprocess.Popen(
             [
                 HSM_VAULT,

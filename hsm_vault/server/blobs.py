@@ -252,12 +252,13 @@ def _check_range(start: int, end: int | None, size: int) -> tuple[int, int]:
 
 class _LocalWriter(BlobWriter):
     def __init__(
-        self, final: Path, tmp_dir: Path, instance: str, key: str, max_size: int | None
+        self, final: Path, tmp_dir: Path, lease: ProcessLease, key: str, max_size: int | None
     ) -> None:
         super().__init__(key, max_size)
         self._final = final
+        self._lease = lease  # held as long as the temporary may exist
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = tmp_dir / f"{instance}.{key}.{secrets.token_hex(8)}.part"
+        self._tmp = tmp_dir / f"{lease.hold()}.{key}.{secrets.token_hex(8)}.part"
         self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
 
     def _write(self, data: bytes) -> None:
@@ -303,7 +304,7 @@ class LocalBlobStore(BlobStore):
         return self.root / key[:2] / key
 
     def open_writer(self, key: str, *, max_size: int | None = None) -> BlobWriter:
-        return _LocalWriter(self._path(key), self.tmp_dir, self.lease.hold(), key, max_size)
+        return _LocalWriter(self._path(key), self.tmp_dir, self.lease, key, max_size)
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         path = self._path(key)

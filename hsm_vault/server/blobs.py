@@ -140,6 +140,11 @@ class BlobWriter(ABC):
         self._hash = hashlib.sha256()
         self._done = False
 
+    @property
+    def finished(self) -> bool:
+        """Committed or aborted: nothing more to do."""
+        return self._done
+
     def write(self, data: bytes) -> None:
         """Append `data`; raises TooLarge (and aborts) past `max_size`."""
         if self._done:

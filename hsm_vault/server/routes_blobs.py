@@ -29,7 +29,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import Row, bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -37,9 +37,17 @@ from starlette.requests import ClientDisconnect
 
 from hsm_vault.envelope.format import MAC_LENGTH, MAX_BODY_LENGTH, PREFIX_LENGTH
 from hsm_vault.errors import ConfigError, TooLarge
-from hsm_vault.server.auth import CurrentUser, DbDep, end_read
+from hsm_vault.server.auth import (
+    Authenticated,
+    BearerDep,
+    CurrentUser,
+    DbDep,
+    end_read,
+    run_authenticated,
+)
 from hsm_vault.server.blob_models import BlobRecipient, BlobRecord
 from hsm_vault.server.blobs import (
+    BlobInfo,
     BlobStore,
     BlobWriter,
     blob_store_from_url,
@@ -98,7 +106,7 @@ def configure_blob_store(app: FastAPI, settings: ServerSettings) -> None:
     app.state.blob_store = store
 
 
-def get_blob_store(request: Request) -> BlobStore:
+async def get_blob_store(request: Request) -> BlobStore:
     """The app's blob store (a FastAPI dependency); opened on first use if not configured."""
     if getattr(request.app.state, "blob_store", None) is None:
         configure_blob_store(request.app, request.app.state.settings)
@@ -106,8 +114,8 @@ def get_blob_store(request: Request) -> BlobStore:
     return store
 
 
-def get_blob_settings(request: Request) -> BlobSettings:
-    get_blob_store(request)
+async def get_blob_settings(request: Request) -> BlobSettings:
+    await get_blob_store(request)
     blob_settings: BlobSettings = request.app.state.blob_settings
     return blob_settings
 
@@ -179,15 +187,22 @@ def _too_large(detail: str, **extensions: Any) -> Problem:
     return Problem(413, detail, headers=_CLOSE, **extensions)
 
 
+# Statements of the upload and download paths, built once (building one costs more than
+# running it from SQLAlchemy's compiled cache).
+_USED_BYTES = select(func.coalesce(func.sum(BlobRecord.size), 0)).where(
+    BlobRecord.owner_id == bindparam("owner_id")
+)
+_BLOB_BY_NAME = select(BlobRecord).where(
+    BlobRecord.owner_id == bindparam("owner_id"), BlobRecord.name == bindparam("name")
+)
+#: Without loading the recipients: what an upload needs to know of a blob it replaces.
+_BLOB_SLOT = select(BlobRecord.id, BlobRecord.size, BlobRecord.storage_key).where(
+    BlobRecord.owner_id == bindparam("owner_id"), BlobRecord.name == bindparam("name")
+)
+
+
 def _used_bytes(db: Session, user_id: int) -> int:
-    return int(
-        db.scalar(
-            select(func.coalesce(func.sum(BlobRecord.size), 0)).where(
-                BlobRecord.owner_id == user_id
-            )
-        )
-        or 0
-    )
+    return int(db.scalar(_USED_BYTES, {"owner_id": user_id}) or 0)
 
 
 def _find_owner(db: Session, caller: User, owner: str | None) -> User:
@@ -200,9 +215,7 @@ def _find_owner(db: Session, caller: User, owner: str | None) -> User:
 
 
 def _find_blob(db: Session, owner: User, name: str) -> BlobRecord:
-    record = db.scalar(
-        select(BlobRecord).where(BlobRecord.owner_id == owner.id, BlobRecord.name == name)
-    )
+    record = db.scalar(_BLOB_BY_NAME, {"owner_id": owner.id, "name": name})
     if record is None:
         raise Problem(404, f"no blob named {name!r} owned by {owner.name}")
     return record
@@ -350,57 +363,57 @@ async def upload_blob(
             limit=limits.max_blob_bytes,
         )
 
-    def prepare() -> tuple[int, BlobRecord | None]:
-        existing = db.scalar(
-            select(BlobRecord).where(BlobRecord.owner_id == user.id, BlobRecord.name == name)
-        )
+    slot = {"owner_id": user.id, "name": name}
+
+    def prepare() -> tuple[int, BlobWriter]:
+        existing = db.execute(_BLOB_SLOT, slot).first()
         used = _used_bytes(db, user.id)
         # No connection is held while the body streams in (it may take minutes).
         db.commit()
-        return used, existing
+        if existing is not None and not replace:
+            raise Problem(
+                409, f"you already have a blob named {name!r}; pass replace=true", headers=_CLOSE
+            )
+        # A replaced blob's bytes are freed when the new one lands.
+        available = limits.quota_bytes - used + (existing.size if existing is not None else 0)
+        if declared is not None and declared > available:
+            raise _too_large(_quota_message(limits, used, declared), quota=limits.quota_bytes)
+        limit = min(limits.max_blob_bytes, max(available, 0))
+        return available, store.open_writer(new_blob_key(), max_size=limit)
 
-    used, existing = await run_in_threadpool(prepare)
-    if existing is not None and not replace:
-        raise Problem(
-            409, f"you already have a blob named {name!r}; pass replace=true", headers=_CLOSE
-        )
-    # A replaced blob's bytes are freed when the new one lands.
-    available = limits.quota_bytes - used + (existing.size if existing is not None else 0)
-    if declared is not None and declared > available:
-        raise _too_large(_quota_message(limits, used, declared), quota=limits.quota_bytes)
-
-    key = new_blob_key()
-    writer = await run_in_threadpool(
-        store.open_writer, key, max_size=min(limits.max_blob_bytes, max(available, 0))
-    )
+    # Worker-thread hops are what a small upload costs most: one to prepare, one to finish.
+    available, writer = await run_in_threadpool(prepare)
     head = bytearray()
-    try:
-        await _receive_into(request, writer, head)
+
+    def finish(rest: bytes) -> JSONResponse:
+        writer.write(rest)
         if declared is not None and writer.size != declared:
             raise Problem(400, f"received {writer.size} bytes, Content-Length said {declared}")
-        info = await run_in_threadpool(writer.commit)
-    except TooLarge:
-        if available >= limits.max_blob_bytes:
-            raise _too_large(
-                f"the blob is over the server's limit of {limits.max_blob_bytes} bytes per blob",
-                limit=limits.max_blob_bytes,
-            ) from None
-        raise _too_large(_quota_message(limits, used, None), quota=limits.quota_bytes) from None
-    except ClientDisconnect:
-        # The client went away half way: throw the partial blob away, answer nobody.
-        return JSONResponse({}, status_code=400)
-    finally:
-        await _abort(writer)  # a no-op once committed
+        info = writer.commit()
+        peeked = recipient_key_ids_of(bytes(head))
+        try:
+            record, replaced = record_it(info, peeked)
+        except (Problem, IntegrityError) as exc:
+            db.rollback()
+            store.delete(info.key)
+            if isinstance(exc, Problem):
+                raise
+            raise Problem(409, f"a blob named {name!r} was uploaded at the same time") from None
+        if replaced is not None:
+            store.delete(replaced.storage_key)
+        return JSONResponse(
+            blob_metadata(record, user.name),
+            status_code=201,
+            headers={"Location": f"/v1/blobs/{name}"},
+        )
 
-    peeked = await run_in_threadpool(recipient_key_ids_of, bytes(head))
-
-    def record_it() -> tuple[BlobRecord, BlobRecord | None]:
+    def record_it(
+        info: BlobInfo, peeked: tuple[int, list[str]] | None
+    ) -> tuple[BlobRecord, Row[*tuple[Any, ...]] | None]:
         # Checked again under the owner's lock now that the size is known: uploads run in
         # parallel, on this replica and on others, and only one at a time may pass the quota.
         with user_write_transaction(db, user.id):
-            current = db.scalar(
-                select(BlobRecord).where(BlobRecord.owner_id == user.id, BlobRecord.name == name)
-            )
+            current = db.execute(_BLOB_SLOT, slot).first()
             if current is not None and not replace:
                 raise Problem(409, f"a blob named {name!r} was uploaded at the same time")
             used_now = _used_bytes(db, user.id)
@@ -409,8 +422,8 @@ async def upload_blob(
                     _quota_message(limits, used_now, info.size), quota=limits.quota_bytes
                 )
             if current is not None:
-                db.delete(current)
-                db.flush()
+                # Its recipients go with it (ON DELETE CASCADE), without loading them.
+                db.execute(delete(BlobRecord).where(BlobRecord.id == current.id))
             record = BlobRecord(
                 owner_id=user.id,
                 name=name,
@@ -426,24 +439,26 @@ async def upload_blob(
         return record, current
 
     try:
-        record, replaced = await run_in_threadpool(record_it)
-    except (Problem, IntegrityError) as exc:
-        await run_in_threadpool(db.rollback)
-        await run_in_threadpool(store.delete, info.key)
-        if isinstance(exc, Problem):
-            raise
-        raise Problem(409, f"a blob named {name!r} was uploaded at the same time") from None
-    if replaced is not None:
-        await run_in_threadpool(store.delete, replaced.storage_key)
-    return JSONResponse(
-        blob_metadata(record, user.name),
-        status_code=201,
-        headers={"Location": f"/v1/blobs/{name}"},
-    )
+        rest = await _receive_into(request, writer, head)
+        return await run_in_threadpool(finish, rest)
+    except TooLarge:
+        if available >= limits.max_blob_bytes:
+            raise _too_large(
+                f"the blob is over the server's limit of {limits.max_blob_bytes} bytes per blob",
+                limit=limits.max_blob_bytes,
+            ) from None
+        raise _too_large(_quota_message(limits, None, None), quota=limits.quota_bytes) from None
+    except ClientDisconnect:
+        # The client went away half way: throw the partial blob away, answer nobody.
+        return JSONResponse({}, status_code=400)
+    finally:
+        await _abort(writer)  # a no-op once committed
 
 
 async def _abort(writer: BlobWriter) -> None:
     """Abort in a worker thread; in the event loop itself if the request was cancelled."""
+    if writer.finished:
+        return
     try:
         await run_in_threadpool(writer.abort)
     except asyncio.CancelledError:
@@ -451,16 +466,17 @@ async def _abort(writer: BlobWriter) -> None:
         raise
 
 
-def _quota_message(limits: BlobSettings, used: int, size: int | None) -> str:
+def _quota_message(limits: BlobSettings, used: int | None, size: int | None) -> str:
     what = f"{size} more bytes" if size is not None else "this blob"
-    return (
-        f"storing {what} would put you over your quota of {limits.quota_bytes} bytes "
-        f"({used} bytes used)"
-    )
+    usage = f" ({used} bytes used)" if used is not None else ""
+    return f"storing {what} would put you over your quota of {limits.quota_bytes} bytes{usage}"
 
 
-async def _receive_into(request: Request, writer: BlobWriter, head: bytearray) -> None:
-    """Feed the request body into `writer`, keeping the first bytes for the header peek."""
+async def _receive_into(request: Request, writer: BlobWriter, head: bytearray) -> bytes:
+    """Feed the request body into `writer`, keeping the first bytes for the header peek.
+
+    Returns the last (under `_WRITE_BATCH`) bytes unwritten, for the caller's final hop.
+    """
     batch = bytearray()
     async for chunk in request.stream():
         if len(head) < HEADER_PEEK_BYTES:
@@ -469,8 +485,7 @@ async def _receive_into(request: Request, writer: BlobWriter, head: bytearray) -
         if len(batch) >= _WRITE_BATCH:
             await run_in_threadpool(writer.write, bytes(batch))
             batch.clear()
-    if batch:
-        await run_in_threadpool(writer.write, bytes(batch))
+    return bytes(batch)
 
 
 @router.get("/{name}/meta")
@@ -484,33 +499,39 @@ def blob_meta(name: str, db: DbDep, user: CurrentUser, owner: str | None = None)
 
 @router.head("/{name}", response_model=None, operation_id="head_blob")
 @router.get("/{name}", response_model=None, operation_id="download_blob")
-def download_blob(
+async def download_blob(
     name: str,
     request: Request,
-    db: DbDep,
-    user: CurrentUser,
+    credentials: BearerDep,
     store: StoreDep,
     owner: str | None = None,
 ) -> Response:
     """The blob's bytes, streamed; a single `Range` gives 206 with Content-Range."""
-    record = _readable_blob(db, user, owner, name)
-    end_read(db)
-    headers = _digest_headers(record)
-    size = record.size
-    wanted = _parse_range(request.headers.get("range"), size)
-    if wanted is None:
-        first, last, status = 0, size - 1, 200
-    else:
-        first, last = wanted
-        status = 206
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    headers["Content-Length"] = str(last - first + 1)
-    if request.method == "HEAD":
-        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    chunks = store.read(record.storage_key, first, last) if last >= first else iter(())
-    return StreamingResponse(
-        chunks, status_code=status, headers=headers, media_type="application/octet-stream"
-    )
+
+    def fetch(db: Session, auth: Authenticated) -> Response:
+        record = _readable_blob(db, auth.user, owner, name)
+        end_read(db)
+        headers = _digest_headers(record)
+        size = record.size
+        wanted = _parse_range(request.headers.get("range"), size)
+        if wanted is None:
+            first, last, status = 0, size - 1, 200
+        else:
+            first, last = wanted
+            status = 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        headers["Content-Length"] = str(last - first + 1)
+        media = "application/octet-stream"
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers, media_type=media)
+        chunks = store.read(record.storage_key, first, last) if last >= first else iter(())
+        if last - first < _WRITE_BATCH:
+            # Small: read here, in this thread, instead of a worker-thread hop per chunk.
+            return Response(b"".join(chunks), status_code=status, headers=headers, media_type=media)
+        return StreamingResponse(chunks, status_code=status, headers=headers, media_type=media)
+
+    # Authentication, the lookup and (for small blobs) the read in one worker thread.
+    return await run_authenticated(request, credentials, fetch)
 
 
 @router.delete("/{name}", status_code=204)

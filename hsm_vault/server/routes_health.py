@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -35,12 +34,11 @@ def _database_ok(request: Request) -> str | None:
 
 
 def _blob_store_ok(request: Request) -> str | None:
-    if importlib.util.find_spec("hsm_vault.server.routes_blobs") is None:
+    store = getattr(request.app.state, "blob_store", None)  # opened at start-up
+    if store is None:
         return None
-    from hsm_vault.server.routes_blobs import get_blob_store
-
     try:
-        get_blob_store(request).check()
+        store.check()
     except Exception as exc:  # a ServerError, or the store could not even be opened
         return f"blob store: {getattr(exc, 'message', type(exc).__name__)}"
     return None

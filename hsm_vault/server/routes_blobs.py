@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from hsm_vault.envelope.format import MAC_LENGTH, MAX_BODY_LENGTH, PREFIX_LENGTH
-from hsm_vault.errors import ConfigError, TooLarge
+from hsm_vault.errors import ConfigError, NotFoundOnServer, TooLarge
 from hsm_vault.server.auth import (
     Authenticated,
     BearerDep,
@@ -509,8 +509,16 @@ async def download_blob(
     """The blob's bytes, streamed; a single `Range` gives 206 with Content-Range."""
 
     def fetch(db: Session, auth: Authenticated) -> Response:
-        record = _readable_blob(db, auth.user, owner, name)
-        end_read(db)
+        try:
+            return answer(_readable_blob(db, auth.user, owner, name))
+        except NotFoundOnServer:
+            # Replaced between the lookup and the read (the old bytes are deleted once the
+            # new record is committed): the new record is there now.
+            return answer(_readable_blob(db, auth.user, owner, name))
+        finally:
+            end_read(db)
+
+    def answer(record: BlobRecord) -> Response:
         headers = _digest_headers(record)
         size = record.size
         wanted = _parse_range(request.headers.get("range"), size)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from hsm_vault import __version__
+from hsm_vault.errors import TokenNotFound
 from hsm_vault.server.appkey import ApplicationKey, open_application_key
 from hsm_vault.server.db import make_engine, make_sessionmaker, migrate_to_head
 from hsm_vault.server.problems import BodySizeLimit, install_problem_handlers
@@ -46,6 +48,7 @@ _OPTIONAL_ROUTERS = ("hsm_vault.server.routes_blobs",)
 BLOB_PATH_PREFIX = "/v1/blobs"
 #: The settings (JSON, `ServerSettings.to_json`) that `app_from_environment` serves.
 SETTINGS_ENV = "HSM_VAULT_SERVER_SETTINGS_JSON"
+_TOKEN_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,27 @@ def open_resources(settings: ServerSettings) -> Iterator[ServerResources]:
     )
     try:
         migrate_to_head(engine)
-        with open_application_key(settings) as app_key:
+        with ExitStack() as stack:
+            app_key = _open_application_key(settings, stack)
             yield ServerResources(engine, make_sessionmaker(engine), app_key)
     finally:
         engine.dispose()
+
+
+def _open_application_key(settings: ServerSettings, stack: ExitStack) -> ApplicationKey:
+    """Open the application key, retrying briefly when the token is not found at first.
+
+    Worker processes start together; a file-backed token (SoftHSM) being written by one
+    process's login can be unreadable to another for a moment.
+    """
+    for attempt in range(_TOKEN_ATTEMPTS):
+        try:
+            return stack.enter_context(open_application_key(settings))
+        except TokenNotFound:
+            if attempt == _TOKEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _attach(app: FastAPI, resources: ServerResources) -> None:

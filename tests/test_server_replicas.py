@@ -70,9 +70,10 @@ def replicas(
     assert init.returncode == 0, init.stdout + init.stderr
     a = run_server(data, env, folder / "a.log")
     b = run_server(data, env, folder / "b.log")
-    yield Replicas(a, b, data, env, bucket, s3_endpoint)
-    a.stop()
-    b.stop()
+    running = Replicas(a, b, data, env, bucket, s3_endpoint)
+    yield running
+    running.a.stop()  # a test may have restarted it
+    running.b.stop()
 
 
 def at_once(calls: list[Callable[[], Any]]) -> list[Any]:

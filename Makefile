@@ -5,10 +5,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := softhsm2 opensc age gnupg openssl curl postgresql
+DEBS := softhsm2 opensc age gnupg openssl curl postgresql wrk
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo test lint bench bench-store clean
+.PHONY: all deps venv demo test lint bench bench-store bench-server clean
 
 all: test
 
@@ -44,6 +44,11 @@ bench: deps venv
 
 bench-store: deps venv
 	$(BIN)/python benchmarks/bench_store.py
+
+# The server under load (wrk): card find, blob put+get, GET /v1/app and a floor, SQLite and
+# PostgreSQL, at 1/10/100/200 keep-alive clients. Run it when `uptime` is low (performance.md).
+bench-server: deps venv
+	$(BIN)/python benchmarks/bench_server.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

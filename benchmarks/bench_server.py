@@ -235,8 +235,9 @@ def prepare_account(url: str, code: str, name: str) -> str:
 def wrk(url: str, script: str, clients: int, seconds: float, work: Path) -> dict[str, Any]:
     path = work / "script.lua"
     path.write_text(script)
+    duration = f"-d{max(1, round(seconds))}s"
     done = subprocess.run(
-        ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(path), url],
+        ["wrk", "-t1", f"-c{clients}", duration, "--timeout", "10s", "-s", str(path), url],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -261,7 +262,7 @@ def scripts(token: str, identity: str) -> dict[str, str]:
 
 
 def measure(
-    url: str, token: str, identity: str, clients: list[int], seconds: float, work: Path
+    kind: str, url: str, token: str, identity: str, clients: list[int], seconds: float, work: Path
 ) -> list[dict[str, Any]]:
     rows = []
     for workload, script in scripts(token, identity).items():
@@ -269,7 +270,7 @@ def measure(
         levels = sorted(set(clients) | ({50} if workload == "blob put+get" else set()))
         for count in levels:
             result = wrk(url, script, count, seconds, work)
-            result.update(workload=workload, clients=count)
+            result.update(db=kind, workload=workload, clients=count)
             if workload == "blob put+get":
                 result["round_trips"] = result["rps"] / 2
             rows.append(result)
@@ -382,9 +383,7 @@ def main() -> None:
                 server_url, process = run_server(data, env, args.workers)
                 try:
                     token = prepare_account(server_url, code, identity)
-                    for row in measure(server_url, token, identity, clients, args.duration, work):
-                        row["db"] = kind
-                        rows.append(row)
+                    rows += measure(kind, server_url, token, identity, clients, args.duration, work)
                     if args.soak:
                         script = scripts(token, identity)["blob put+get"]
                         soak = wrk(server_url, script, 200, args.soak, work)

@@ -5,7 +5,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := softhsm2 opensc age gnupg openssl curl postgresql wrk
+DEBS := softhsm2 opensc age gnupg openssl curl postgresql \
+	pcscd vsmartcard-vpcd ykcs11 yubico-piv-tool pcsc-tools \
+	swtpm tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0 libtpm2-pkcs11-1 dbus \
+	opencryptoki libnss3 libnss3-tools p11-kit util-linux wrk
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps venv demo test lint bench bench-store bench-server clean

@@ -7,6 +7,7 @@ with `cryptography`, so a signature made on a token verifies anywhere.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -14,6 +15,25 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hsm_vault.errors import CardFormatError, CardVerificationError
+
+
+@dataclass(frozen=True)
+class Curve:
+    """An EC curve hsm-vault uses: every fact about it, in one place."""
+
+    name: str  # SECG name, as `cryptography` and asn1crypto spell it
+    oid: str
+    field_bytes: int  # length of a coordinate (and of the ECDH shared secret)
+    curve: ec.EllipticCurve = field(compare=False)  # the `cryptography` curve object
+
+    @property
+    def point_length(self) -> int:
+        """Length of an uncompressed X9.62 point: 0x04 || x || y."""
+        return 1 + 2 * self.field_bytes
+
+
+P256 = Curve("secp256r1", "1.2.840.10045.3.1.7", 32, ec.SECP256R1())
+P384 = Curve("secp384r1", "1.3.132.0.34", 48, ec.SECP384R1())
 
 
 class KeyType(StrEnum):
@@ -27,16 +47,36 @@ class KeyType(StrEnum):
 
     @property
     def is_ec(self) -> bool:
-        return self.value.startswith("ec-")
+        return self.value in _EC_CURVES
+
+    @property
+    def ec_curve(self) -> Curve:
+        """The curve's facts (EC types only)."""
+        return _EC_CURVES[self.value]
 
     @property
     def bits(self) -> int:
-        return {"ec-p256": 256, "ec-p384": 384}.get(self.value) or int(self.value.split("-")[1])
+        if self.is_ec:
+            return self.ec_curve.field_bytes * 8
+        return int(self.value.split("-")[1])
 
     @property
     def curve_name(self) -> str:
         """The SECG name of the curve (EC types only)."""
-        return {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}[self.value]
+        return self.ec_curve.name
+
+    @property
+    def curve_oid(self) -> str:
+        return self.ec_curve.oid
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        """The `cryptography` curve object (EC types only)."""
+        return self.ec_curve.curve
+
+    @property
+    def field_bytes(self) -> int:
+        return self.ec_curve.field_bytes
 
     @property
     def signature_algorithm(self) -> SignatureAlgorithm:
@@ -44,6 +84,17 @@ class KeyType(StrEnum):
             "ec-p256": SignatureAlgorithm.ECDSA_SHA256,
             "ec-p384": SignatureAlgorithm.ECDSA_SHA384,
         }.get(self.value, SignatureAlgorithm.RSA_PSS_SHA256)
+
+    @classmethod
+    def from_curve_name(cls, name: str) -> KeyType:
+        """The EC key type of a curve name; raises `CardFormatError` for other curves."""
+        for value, curve in _EC_CURVES.items():
+            if curve.name == name:
+                return cls(value)
+        raise CardFormatError(f"unsupported EC curve {name}")
+
+
+_EC_CURVES: dict[str, Curve] = {"ec-p256": P256, "ec-p384": P384}
 
 
 class SignatureAlgorithm(StrEnum):
@@ -94,21 +145,25 @@ def load_spki(spki_der: bytes) -> PublicKey:
 def key_type_of(public_key: PublicKey) -> KeyType:
     """The `KeyType` of a public key; raises for curves and sizes hsm-vault does not use."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
-        name = {"secp256r1": KeyType.EC_P256, "secp384r1": KeyType.EC_P384}.get(
-            public_key.curve.name
-        )
-        if name is None:
-            raise CardFormatError(f"unsupported EC curve {public_key.curve.name}")
-        return name
+        return KeyType.from_curve_name(public_key.curve.name)
     try:
         return KeyType(f"rsa-{public_key.key_size}")
     except ValueError:
         raise CardFormatError(f"unsupported RSA key size {public_key.key_size}") from None
 
 
+# RSA-OAEP hashes a card may state and an envelope entry may use (MGF1 of the same hash).
+OAEP_HASHES = ("sha1", "sha256")
+
+
+def key_id_of(spki_der: bytes) -> bytes:
+    """A public key's id everywhere in hsm-vault: SHA-256 of its DER SubjectPublicKeyInfo."""
+    return hashlib.sha256(spki_der).digest()
+
+
 def spki_fingerprint(spki_der: bytes) -> str:
-    """SHA-256 of the DER SubjectPublicKeyInfo, lower-case hex (as `openssl pkey -pubin` gives)."""
-    return hashlib.sha256(spki_der).hexdigest()
+    """`key_id_of` in lower-case hex (as `openssl pkey -pubin -outform DER | sha256sum` gives)."""
+    return key_id_of(spki_der).hex()
 
 
 def verify_signature(

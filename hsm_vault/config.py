@@ -32,6 +32,29 @@ def data_dir() -> Path:
     return Path(home) / "data" if home else Path(platformdirs.user_data_dir(APP_NAME))
 
 
+ATTESTATION_ROOTS_ENV = "HSM_VAULT_ATTESTATION_ROOTS"
+
+
+def attestation_roots() -> tuple[Any, ...]:
+    """The key-attestation roots this process trusts (x509 certificates): Yubico's pinned PIV
+    root, and the roots of the PEM file $HSM_VAULT_ATTESTATION_ROOTS names (a private
+    attestation CA, or the virtual YubiKey's test root in tests). Client and server alike."""
+    from hsm_vault.attestation import load_roots, yubico_roots
+    from hsm_vault.errors import AttestationError
+
+    roots = yubico_roots()
+    path = os.environ.get(ATTESTATION_ROOTS_ENV)
+    if path:
+        try:
+            pem = Path(path).read_bytes()
+        except OSError as exc:
+            raise AttestationError(
+                f"cannot read {ATTESTATION_ROOTS_ENV} file {path}: {exc.strerror}"
+            ) from None
+        roots += load_roots(pem)
+    return roots
+
+
 def config_path() -> Path:
     override = os.environ.get("HSM_VAULT_CONFIG")
     return Path(override) if override else config_dir() / "config.json"
@@ -68,6 +91,9 @@ class Config:
     app_key_spki: str | None = None
     ca_bundle: str | None = None
     username: str | None = None
+    allow_unreported_local: tuple[str, ...] = ()
+    """Token models (as `token info` names them) whose keys count as made on the token
+    although the token reports CKA_LOCAL false (NSS softokn does, even for its own keys)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     _FIELDS = (
@@ -79,6 +105,7 @@ class Config:
         "app_key_spki",
         "ca_bundle",
         "username",
+        "allow_unreported_local",
     )
 
     def __repr__(self) -> str:
@@ -99,10 +126,18 @@ class Config:
             raise ConfigError(f"config file {path} is not a JSON object")
         known = {k: raw.pop(k) for k in cls._FIELDS if k in raw}
         raw.pop("version", None)
-        return cls(**known, extra=raw)
+        allowed = known.pop("allow_unreported_local", [])
+        if not isinstance(allowed, list) or not all(isinstance(m, str) for m in allowed):
+            raise ConfigError(
+                f"config file {path}: allow_unreported_local must be a list of models"
+            )
+        return cls(**known, allow_unreported_local=tuple(allowed), extra=raw)
 
     def save(self, path: Path | None = None) -> None:
         path = path or config_path()
         body = {"version": CONFIG_VERSION, **self.extra}
         body.update({k: getattr(self, k) for k in self._FIELDS if getattr(self, k) is not None})
+        body["allow_unreported_local"] = list(self.allow_unreported_local)
+        if not self.allow_unreported_local:
+            del body["allow_unreported_local"]
         write_private_file(path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())

@@ -54,8 +54,8 @@ class TokenLayerError(HsmVaultError):
 
 class ModuleNotFound(TokenLayerError):
     hint = (
-        "Pass --module PATH, set HSM_VAULT_PKCS11_MODULE, set 'module' in the config file, "
-        "or register the module with p11-kit."
+        "Pass --module PATH, set HSM_VAULT_PKCS11_MODULE, save one with "
+        "'hsm-vault config set module PATH', or register the module with p11-kit."
     )
 
 
@@ -105,8 +105,37 @@ class UnsupportedMechanism(TokenLayerError):
     hint = "Run 'hsm-vault token info' to see which operations this token supports."
 
 
+class TokenCannot(UnsupportedMechanism):
+    """The token lacks what an operation needs (a mechanism, a key size, a function).
+
+    Never a sign of a damaged file: the message names the token and its model.
+    """
+
+
+class ManagementKeyRefused(TokenLayerError):
+    """A PIV management key that is malformed, wrong, or the factory default."""
+
+    hint = "Check the management key; docs/yubikey.md says how it is set and kept."
+
+
+class SlotOccupied(TokenLayerError):
+    hint = (
+        "Choose a free slot with --slot, or pass --force to overwrite it (the key in it is "
+        "destroyed, and files encrypted to it can no longer be decrypted)."
+    )
+
+
 class TokenOperationFailed(TokenLayerError):
     hint = "The token refused the operation; check the key type and the token's log."
+
+
+class AttestationError(TokenLayerError):
+    """A key attestation that does not verify (chain, signature, or the key it names)."""
+
+    hint = (
+        "Do not rely on this key being made on the device; if it should be, generate a new key "
+        "on the token and check again (docs/yubikey.md, Attestation)."
+    )
 
 
 # --- cards ------------------------------------------------------------------------------------
@@ -138,6 +167,21 @@ class CardRevoked(CardError):
 
 class KeyringError(CardError):
     hint = "Check the keyring folder; 'hsm-vault card list' reports entries it cannot read."
+
+
+class PolicyFormatError(CardFormatError):
+    """A signed server policy that is malformed, not canonical, or of an unknown version."""
+
+    hint = "The server sent a broken policy: tell your security officer."
+
+
+class PolicyVerificationError(CardVerificationError):
+    """A server policy that must not be accepted (signatures, serial, quorum)."""
+
+    hint = (
+        "Do not trust this server's cards until your security officers confirm the policy "
+        "('hsm-vault policy show')."
+    )
 
 
 # --- envelope (file format) -------------------------------------------------------------------
@@ -204,6 +248,6 @@ class ServerUnreachable(ServerError):
 
 class ServerTrustError(ServerError):
     hint = (
-        "The server's answer did not verify against the pinned application key: do not use it; "
-        "tell your security officer."
+        "The server's answer did not verify against the pinned application key and server "
+        "policy: do not use it; tell your security officer."
     )

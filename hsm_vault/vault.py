@@ -33,12 +33,13 @@ from hsm_vault.envelope import (
     key_id_of,
     read_header,
 )
-from hsm_vault.envelope.stream import Progress
+from hsm_vault.envelope.stream import Progress, plaintext_size
 from hsm_vault.errors import (
     CardError,
     EnvelopeError,
     FileExistsRefused,
     HsmVaultError,
+    PayloadError,
     UsageError,
 )
 
@@ -54,7 +55,8 @@ SUFFIX = ".hsmv"
 
 def recipient_for(card: Card) -> Recipient:
     """The envelope recipient for a card; refuses a card not meant for encryption."""
-    scope = {str(s) for s in getattr(card.snapshot, "scope", ("encrypt",))}
+    # A card that states no scope is not for encryption: absence never grants a use.
+    scope = {str(s) for s in getattr(card.snapshot, "scope", None) or ()}
     if "encrypt" not in scope:
         raise CardError(
             f"card {card.id[:16]} ({card.identity}) is not for encryption",
@@ -118,7 +120,7 @@ class TokenSigner:
             card_id=bytes.fromhex(card.id),
             key_id=card.key_id,
             algorithm=algorithm,
-            signature_length=SignerReference.length_for(algorithm, key.key_type),
+            signature_length=SignerReference.length_for(key.key_type),
         )
 
     @property
@@ -130,17 +132,6 @@ class TokenSigner:
 
 
 # --- files --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where output goes: a path, or stdout when `path` is None."""
-
-    path: Path | None
-
-    @property
-    def display(self) -> str:
-        return str(self.path) if self.path else "<stdout>"
 
 
 def _check_output(src: Path | None, dst: Path | None, force: bool) -> None:
@@ -274,15 +265,17 @@ def recipient_key_ids(path: Path) -> set[bytes]:
         return {entry.key_id for entry in read_header(source).recipients}
 
 
-def inspect_file(path: Path) -> tuple[Header, int]:
-    """The header of an hsm-vault file and its plaintext size (from the file size)."""
+def inspect_file(path: Path) -> tuple[Header, int | None]:
+    """The header of an hsm-vault file and its plaintext size from the file size; None when
+    no complete file can have that size (truncated or extended)."""
     with open_input(path) as source:
         header = read_header(source)
         total = os.fstat(source.fileno()).st_size
     payload = total - len(header.raw) - header.trailer_length()
-    sealed = header.payload.chunk_size + 16
-    chunks = max(1, -(-payload // sealed))
-    return header, max(0, payload - 16 * chunks)
+    try:
+        return header, plaintext_size(payload, header.payload.chunk_size)
+    except PayloadError:
+        return header, None
 
 
 def default_encrypt_output(src: Path, out_dir: Path | None) -> Path:

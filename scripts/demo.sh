@@ -2,7 +2,7 @@
 # The hsm-vault demo: the whole flow on one machine, through the CLI.
 #
 # A server with its own token, an officer (olga), and three users (alice, bob, carol), each
-# with their own SoftHSM token, all under .demo/ (nothing in /etc or /var/lib). Run it with
+# with their own SoftHSM token (olga approves cards on hers), all under .demo/ (nothing in /etc or /var/lib). Run it with
 # `make demo`, which installs what it needs first. It cleans up after itself and can be run
 # again.
 set -euo pipefail
@@ -46,9 +46,9 @@ refused() {
 }
 
 # --- tokens --------------------------------------------------------------------------------
-step "Four SoftHSM tokens: the server's, alice's, bob's and carol's (in .demo/softhsm)"
+step "Five SoftHSM tokens: the server's, olga's, alice's, bob's and carol's (in .demo/softhsm)"
 export HSM_VAULT_PIN=demo-user-pin  # scripts give PINs by environment or file, never argv
-for t in server alice bob carol; do
+for t in server olga alice bob carol; do
   eval "$(softhsm/init-token "$DEMO/softhsm" "$t")"
 done
 HSM_VAULT_PKCS11_MODULE=$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so \
@@ -57,12 +57,13 @@ export SOFTHSM2_CONF HSM_VAULT_PKCS11_MODULE
 "$HV" token list
 
 # --- server --------------------------------------------------------------------------------
-step "Server set-up: database, config, and the application key ON the server's token"
+step "Server set-up: database, config, the application key ON the server's token, and the
+signed policy: each card needs 1 officer approval, signed on the officer's own token"
 printf '%s\n' "$HSM_VAULT_PIN" > "$DEMO/server.pin"
 chmod 600 "$DEMO/server.pin"
 DATA=$DEMO/server
-"$HV" server init --data "$DATA" --token server --pin-file "$DEMO/server.pin" --json \
-  > "$DEMO/init.json"
+"$HV" server init --data "$DATA" --token server --pin-file "$DEMO/server.pin" --approvals 1 \
+  --json > "$DEMO/init.json"
 APP_FP=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["fingerprint"])' \
   "$DEMO/init.json")
 echo "application key fingerprint: $APP_FP  (users get this out of band)"
@@ -96,6 +97,15 @@ for name in olga alice bob carol; do
 done
 as alice whoami
 
+# --- the officer ceremony ------------------------------------------------------------------
+step "olga makes her officer card on her token; the operator compares its fingerprint with her
+and names her in the policy (bootstrap: signed by the application key alone)"
+as olga key generate olga-key --type ec-p256 --token olga
+as olga card create olga --key olga-key --token olga
+as olga card publish olga
+"$HV" server add-officer olga --data "$DATA" --pin-file "$DEMO/server.pin" --yes
+as alice policy show
+
 # --- keys and cards ------------------------------------------------------------------------
 declare -A KEYTYPE=([alice]=ec-p256 [bob]=rsa-3072 [carol]=ec-p384)
 for name in alice bob carol; do
@@ -105,16 +115,49 @@ for name in alice bob carol; do
   as "$name" card publish "$name"
 done
 
-step "olga (officer) sees the pending cards and approves them (signed on the server's token)"
+step "olga (officer) sees the pending cards and approves them, signing each ON her token
+(the server adds its application signature once the policy's approvals are in)"
 as olga card pending
 for id in $(HSM_VAULT_HOME=$DEMO/home/olga "$HV" card pending --json |
   "$PY" -c 'import json,sys; print(" ".join(c["id"] for c in json.load(sys.stdin)))'); do
   as olga card approve "$id"
 done
 
-step "alice finds bob's card: self and app signatures verified against the pinned key"
+step "alice finds bob's card: self, app and officer signatures verified against the pinned
+key and the pinned policy"
 as alice card find bob
 as alice card find alice
+as alice card show bob
+
+step "A card that carries only the server's signature is refused: the server cannot forge
+approval. (mallory's card, signed by the application key straight into the database)"
+as carol key generate mallory-key --type ec-p256 --token carol
+HSM_VAULT_HOME=$DEMO/home/mallory "$HV" card create mallory --key mallory-key --token carol \
+  --json > "$DEMO/mallory.json"
+"$PY" - "$DATA" "$DEMO/mallory.json" <<'PYEOF'
+import json, sys
+from pathlib import Path
+from hsm_vault.cards import Card, sign_card
+from hsm_vault.server.db import CardRecord, CardStatus, User, make_engine, make_sessionmaker, utcnow
+from hsm_vault.server.settings import ServerSettings
+from hsm_vault.token import open_session
+settings = ServerSettings.load(Path(sys.argv[1]))
+card = Card.from_text(json.load(open(sys.argv[2]))["card"])
+with open_session(settings.token, pin=settings.pin_source()) as ts:
+    key = ts.find_key(settings.app_key)
+    card = sign_card(card, "app", key.spki_der, key.key_type.signature_algorithm,
+                     lambda m: ts.sign(key, m))
+engine = make_engine(settings.effective_database_url)
+with make_sessionmaker(engine)() as db:
+    owner = db.query(User).filter_by(name="carol").one()
+    db.add(CardRecord(id=card.id, owner_id=owner.id, identity="mallory", text=card.to_text(),
+                      status=CardStatus.APPROVED.value, published_at=utcnow(),
+                      decided_at=utcnow(), decided_by="nobody"))
+    db.commit()
+engine.dispose()
+print("inserted an app-signed card for mallory into the server's database")
+PYEOF
+refused alice card find mallory
 
 # --- encrypt, store, decrypt ---------------------------------------------------------------
 step "alice encrypts a file for alice and bob (no token needed to encrypt)"

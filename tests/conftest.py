@@ -27,7 +27,9 @@ PIN = "4711-test-pin"
 TOKENS = ("alice", "bob", "carol", "server")
 
 pytest_plugins = [
-    p for p in ("tests.server_fixture",) if (ROOT / "tests" / "server_fixture.py").exists()
+    p
+    for p in ("tests.server_fixture", "tests.virtual_yubikey.fixture")
+    if (ROOT / (p.replace(".", "/") + ".py")).exists()
 ]
 
 

@@ -118,6 +118,14 @@ class RunningServer:
     app_spki: bytes
     accounts: list[Account] = field(default_factory=list)
 
+    @property
+    def card_trust(self) -> Any:
+        """The trust policy for this server's cards under an `--approvals 0` policy (the
+        default of these test servers): self and app signatures."""
+        from hsm_vault.trust import TrustPolicy
+
+        return TrustPolicy.with_app_key(self.app_spki)
+
     def settings(self) -> Any:
         from hsm_vault.server.settings import ServerSettings
 
@@ -178,6 +186,10 @@ def start_server(
 
     data = folder / "server-data"
     label = app_key or unique("app")
+    if "--approvals" not in init_args:
+        # Officer approvals on tokens are tested in test_officers.py; elsewhere the server
+        # alone vouches for cards, as before the signed policy.
+        init_args = (*init_args, "--approvals", "0")
     init = subprocess.run(
         [
             HSM_VAULT,

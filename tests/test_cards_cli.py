@@ -362,7 +362,14 @@ def test_app_signature_required_against_the_pinned_key(homes, alice_card: str) -
         )
         server.delete_key(app_key)
     config_path = bob_home / "config" / "config.json"
-    Config(app_key_spki=base64.b64encode(app_key.spki_der).decode()).save(config_path)
+    pinned = base64.b64encode(app_key.spki_der).decode()
+    # The pinned key is checked against the pinned fingerprint, for `card import` as for
+    # every other caller (one loader of trust anchors): an altered key is refused.
+    Config(app_key_spki=pinned, app_fingerprint="00" * 32).save(config_path)
+    altered = hv(bob_home, "card", "import", signed.to_text(), "--require", "app")
+    assert altered.exit_code == 1
+    assert "does not match the pinned fingerprint" in altered.output
+    Config(app_key_spki=pinned, app_fingerprint=app_key.fingerprint).save(config_path)
     unsigned = hv(bob_home, "card", "import", alice_card, "--require", "app")
     assert unsigned.exit_code == 1 and "required 'app' signature" in unsigned.output
     assert keyring_ids(bob_home) == set()

@@ -18,17 +18,14 @@ from hsm_vault.cards import (
     CardSignature,
     RevocationStatement,
     TokenProvenance,
-    TrustPolicy,
     build_snapshot,
     key_id_of,
     make_revocation,
     sign_card,
-    verify_card,
-    verify_revocation,
-    verify_rotation,
 )
 from hsm_vault.cards.canonical import b64url_decode, b64url_encode
 from hsm_vault.errors import CardError, CardFormatError, CardVerificationError
+from hsm_vault.trust import TrustPolicy, verify_card, verify_revocation, verify_rotation
 
 PROVENANCE = TokenProvenance("SoftHSM project", "SoftHSM v2", "0123", True, True, True)
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -177,6 +174,20 @@ def test_unprotected_provenance_needs_a_waiver(alice_key) -> None:
     with pytest.raises(CardVerificationError, match="not generated on the token"):
         verify_card(loose, TrustPolicy())
     verify_card(loose, TrustPolicy(require_token_protection=False))
+
+
+def test_local_not_reported_by_the_token(alice: Card, alice_key) -> None:
+    # NSS reports CKA_LOCAL false for its own keys; an officer-allowed model says so instead.
+    unreported = dataclasses.replace(PROVENANCE, local=False, local_not_reported=True)
+    card = Card.from_text(make(alice_key, provenance=unreported).to_text())
+    assert card.snapshot.provenance.local_text == "not reported by the token"
+    verify_card(card, TrustPolicy())
+    # Cards without it keep their canonical bytes: the key is absent, not false.
+    assert "local_not_reported" not in PROVENANCE.to_json()
+    body = PROVENANCE.to_json()
+    for bad in ({**body, "local_not_reported": False}, {**body, "local_not_reported": True}):
+        with pytest.raises(CardFormatError):
+            TokenProvenance.from_json(bad)  # present as false; or with local true
 
 
 def test_policy_is_validated(app_key) -> None:

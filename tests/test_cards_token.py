@@ -11,15 +11,12 @@ import pytest
 from hsm_vault.algorithms import KeyType, SignatureAlgorithm
 from hsm_vault.cards import (
     Card,
-    TrustPolicy,
     create_card,
     revoke_card,
-    verify_card,
-    verify_revocation,
-    verify_rotation,
 )
 from hsm_vault.errors import CardVerificationError, KeyPolicyError, UsageError
 from hsm_vault.token import open_session
+from hsm_vault.trust import TrustPolicy, verify_card, verify_revocation, verify_rotation
 
 
 def unique(prefix: str) -> str:

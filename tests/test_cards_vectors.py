@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.x509 import load_der_x509_certificate
 
-from hsm_vault.cards import Card, RevocationStatement, TrustPolicy, verify_card, verify_revocation
+from hsm_vault.cards import Card, RevocationStatement
 from hsm_vault.errors import CardFormatError, CardVerificationError
+from hsm_vault.trust import SignedPolicy, TrustPolicy, verify_card, verify_revocation
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors" / "cards"
@@ -34,10 +36,20 @@ def run_vector(fields: dict[str, list[str]]) -> None:
     for entry in fields.get("trust", []):
         signer, spki_hex = entry.split(" ")
         trusted.setdefault(signer, []).append(bytes.fromhex(spki_hex))
+    # Attestation roots the verifier trusts (DER, hex); none given: Yubico's pinned root only.
+    roots = tuple(
+        load_der_x509_certificate(bytes.fromhex(r)) for r in fields.get("attestation-root", [])
+    )
     policy = TrustPolicy(
         required=frozenset(fields.get("require", [])),
         trusted={k: tuple(v) for k, v in trusted.items()},
+        attestation_roots=roots or None,
     )
+    if "policy" in fields:
+        # A signed server policy: the app key, the officers' approvals and the attestation
+        # rule it requires.
+        signed = SignedPolicy.from_text(fields["policy"][0])
+        policy = signed.card_trust(trusted["app"][0], roots or None)
     if "revocation" in fields:
         card = Card.from_text(fields["card"][0])
         statement = RevocationStatement.from_text(fields["revocation"][0])
@@ -73,7 +85,7 @@ def test_there_are_vectors() -> None:
 
 def test_every_rule_has_a_vector() -> None:
     rules = set(re.findall(r"^- \*\*([A-Z]\d+)\*\*", SPEC.read_text(), flags=re.MULTILINE))
-    assert {"F1", "F14", "V1", "V7", "R1", "R2"} <= rules
+    assert {"F1", "F14", "V1", "V7", "V8", "V9", "R1", "R2"} <= rules
     covered = {read_vector(p)["rule"][0] for p in FILES}
     assert rules - covered == set(), f"rules without a vector: {sorted(rules - covered)}"
     assert covered - rules - {"ok"} == set()

@@ -179,6 +179,15 @@ def test_decrypt_with_one_chosen_key(cards, work: Path) -> None:
     assert out.stdout == b"two keys"
 
 
+def test_key_uri_without_a_token_takes_the_token_from_the_keyring(cards, work: Path) -> None:
+    # pkcs11:object=... names no token: the keyring says which token holds the card's key.
+    src = work / "f"
+    src.write_bytes(b"bob's")
+    run("encrypt", "--to", cards["bob-p256"].id, str(src))
+    out = run("decrypt", "--key", "pkcs11:object=bob-p256", "-o", "-", str(work / "f.hsmv"))
+    assert out.stdout == b"bob's"
+
+
 def test_tampered_file_fails_and_writes_nothing(cards, work: Path) -> None:
     src = work / "f"
     src.write_bytes(os.urandom(2_500_000))
@@ -267,8 +276,24 @@ def test_inspect_needs_no_token(cards, work: Path) -> None:
     assert [r["key_type"] for r in info["recipients"]] == ["ec-p256", "rsa-3072"]
     assert info["signer"]["card_id"] == cards["alice-p256"].id
     assert info["signer"]["identity"] == "alice"
+
     text = cli("inspect", str(work / "f.hsmv")).stdout
     assert "rsa-3072" in text and "5000 bytes" in text
+
+
+def test_inspect_says_when_a_file_is_truncated(cards, work: Path) -> None:
+    src = work / "f"
+    src.write_bytes(b"x" * 5000)
+    run("encrypt", "--to", cards["alice-p256"].id, str(src))
+    sealed = work / "f.hsmv"
+    header_size = json.loads(run("inspect", "--json", str(sealed)).stdout)["header_size"]
+    # Cut inside the tag: no complete file has that size. (A cut that leaves a size some
+    # complete file could have is found only by decrypt, which authenticates every chunk.)
+    sealed.write_bytes(sealed.read_bytes()[: header_size + 10])
+    info = json.loads(run("inspect", "--json", str(sealed)).stdout)
+    assert info["plaintext_size"] is None
+    shown = run("inspect", str(sealed)).stdout.decode()
+    assert "truncated" in shown and "5000" not in shown
 
 
 def test_batch_decrypt_with_one_login(cards, work: Path) -> None:

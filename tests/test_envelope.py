@@ -110,7 +110,7 @@ class _Signer:
             hashlib.sha256(b"card" + self.spki).digest(),
             hashlib.sha256(self.spki).digest(),
             alg,
-            SignerReference.length_for(alg, kt),
+            SignerReference.length_for(kt),
         )
 
     def sign(self, message: bytes) -> bytes:
@@ -240,3 +240,17 @@ def test_every_single_bit_flip_and_truncation_is_detected(identities: dict) -> N
     for variant in variants:
         with pytest.raises(expected):
             decrypt(io.BytesIO(variant), io.BytesIO(), [identities["p256"]], signer.verifier())
+
+
+def test_plaintext_size_is_the_inverse_of_payload_size_and_refuses_the_rest() -> None:
+    from hsm_vault.envelope.stream import payload_size, plaintext_size
+    from hsm_vault.errors import PayloadError
+
+    chunk = 64
+    sizes = {payload_size(n, chunk): n for n in range(0, 4 * chunk + 2)}
+    for payload in range(0, payload_size(4 * chunk + 1, chunk) + 1):
+        if payload in sizes:
+            assert plaintext_size(payload, chunk) == sizes[payload]
+        else:  # truncated or extended: no file has this payload size
+            with pytest.raises(PayloadError):
+                plaintext_size(payload, chunk)

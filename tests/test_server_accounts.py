@@ -333,6 +333,8 @@ def test_migrations_match_the_models(tmp_path) -> None:
         import hsm_vault.server.blob_models  # noqa: F401 - their tables are in the migrations
     from hsm_vault.server.db import Base, make_engine, migrate_to_head, schema_revision
 
+    importlib.import_module("hsm_vault.server.approvals")  # the policy tables are migrated too
+
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate_to_head(engine)
     migrate_to_head(engine)  # a second upgrade is a no-op

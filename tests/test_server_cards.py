@@ -18,11 +18,8 @@ from hsm_vault.cards import (
     Card,
     CardSignature,
     RevocationReason,
-    TrustPolicy,
     create_card,
     revoke_card,
-    verify_card,
-    verify_revocation,
 )
 from hsm_vault.cli.main import app
 from hsm_vault.client import VaultClient
@@ -33,6 +30,7 @@ from hsm_vault.errors import (
     RequestRejected,
 )
 from hsm_vault.token import open_session
+from hsm_vault.trust import TrustPolicy, verify_card, verify_revocation
 
 runner = CliRunner()
 
@@ -134,10 +132,12 @@ def test_publish_approve_find_rotate_revoke_through_the_cli(
     assert cli(alice, "card", "publish", new_id)[0] == 0
     assert cli(officer, "card", "approve", new_id)[0] == 0
     with alice.client() as client:
-        old = client.fetch_card(card_id, vault_server.app_spki)
+        old = client.fetch_card(card_id, vault_server.card_trust)
         assert old.status == "superseded"
         assert client.get_card(card_id).superseded_by == new_id
-        assert [v.card.id for v in client.find_cards(alice.name, vault_server.app_spki)] == [new_id]
+        assert [v.card.id for v in client.find_cards(alice.name, vault_server.card_trust)] == [
+            new_id
+        ]
     status, out = cli(bob, "card", "find", alice.name, "--json")
     assert [r["id"] for r in json.loads(out)] == [new_id]
     assert bob.keyring().get(card_id).status == "superseded"
@@ -152,7 +152,7 @@ def test_publish_approve_find_rotate_revoke_through_the_cli(
     # ... and bob's keyring learnt of the revocation while looking.
     assert bob.keyring().get(new_id).status == "revoked"
     with bob.client() as client:
-        fetched = client.fetch_card(new_id, vault_server.app_spki)
+        fetched = client.fetch_card(new_id, vault_server.card_trust)
     assert fetched.status == "revoked"
     assert fetched.revocation is not None and fetched.revocation.signer == SELF
     verify_revocation(fetched.revocation, fetched.card)
@@ -177,7 +177,7 @@ def test_officer_revokes_with_the_application_key(
     assert status == 0, out
     assert "signed by app" in out
     with bob.client() as client:
-        fetched = client.fetch_card(card.id, vault_server.app_spki)
+        fetched = client.fetch_card(card.id, vault_server.card_trust)
     assert fetched.revocation is not None
     assert fetched.revocation.signer == "app"
     assert fetched.revocation.reason is RevocationReason.KEY_COMPROMISE
@@ -299,7 +299,7 @@ def test_rejected_cards_are_not_findable(
     with alice.client() as client:
         entry = client.get_card(card.id)
         assert (entry.status, entry.reject_reason) == ("rejected", "call me first")
-        assert client.find_cards(alice.name, vault_server.app_spki) == []
+        assert client.find_cards(alice.name, vault_server.card_trust) == []
 
 
 def test_rotation_must_be_signed_by_the_previous_key_and_owned(

@@ -79,7 +79,19 @@ def test_server_on_postgresql_end_to_end(
     db = ("--data", str(data), "--database-url", url)
 
     init = json.loads(
-        hsm(env, "server", "init", *db, "--token", "server", "--app-key", app_key, "--json")
+        hsm(
+            env,
+            "server",
+            "init",
+            *db,
+            "--token",
+            "server",
+            "--app-key",
+            app_key,
+            "--approvals",
+            "0",
+            "--json",
+        )
     )
     assert init["app_key_created"] is True
     assert init["schema_revision"] == head_revision()
@@ -168,11 +180,15 @@ def test_server_on_postgresql_end_to_end(
 def test_migrations_match_the_models_on_postgresql(
     postgres: PostgresCluster,  # noqa: F811 - fixture
 ) -> None:
+    import importlib
+
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
     import hsm_vault.server.blob_models  # noqa: F401 - their tables are in the migrations
     from hsm_vault.server.db import Base, make_engine, migrate_to_head, schema_revision
+
+    importlib.import_module("hsm_vault.server.approvals")  # the policy tables are migrated too
 
     engine = make_engine(postgres.create_database())
     try:

@@ -60,6 +60,7 @@ def replicas(
     store = f"s3://{bucket}/blobs?endpoint_url={s3_endpoint.url}&region=us-east-1&part_size_mib=5"
     args = ["--data", str(data), "--app-key", unique("app"), "--blob-store", store]
     args += ["--database-url", postgres.create_database(), "--quota-mib", str(QUOTA // MiB)]
+    args += ["--approvals", "0"]  # the application key alone approves (officers: elsewhere)
     init = subprocess.run(
         [HSM_VAULT, "server", "init", *args, "--auth-address-failures", "10000"],
         env=env,

@@ -64,12 +64,12 @@ def test_a_tampered_search_answer_is_refused_and_nothing_is_kept(
 
     with VaultClient(url, api_token=bob.token) as client:
         with pytest.raises(ServerTrustError):
-            client.find_cards(alice.name, vault_server.app_spki)
+            client.find_cards(alice.name, vault_server.card_trust)
         with pytest.raises(ServerTrustError):
-            client.fetch_card(card_id, vault_server.app_spki)
+            client.fetch_card(card_id, vault_server.card_trust)
         # The same answers straight from the server verify.
     with bob.client() as client:
-        assert [v.card.id for v in client.find_cards(alice.name, vault_server.app_spki)] == [
+        assert [v.card.id for v in client.find_cards(alice.name, vault_server.card_trust)] == [
             card_id
         ]
 

@@ -14,6 +14,7 @@ import pytest
 from hsm_vault.cards import Keyring, create_card
 from hsm_vault.envelope import DEFAULT_CHUNK_SIZE
 from hsm_vault.errors import (
+    CardError,
     FileExistsRefused,
     HeaderError,
     NoMatchingRecipient,
@@ -244,3 +245,16 @@ def test_several_hundred_mib_in_constant_memory(cards, tmp_path: Path) -> None:
         decrypt(src, sink, token_identities(ts))  # type: ignore[arg-type]
     assert sink.size == size
     assert sink.digest.digest() == source.digest.digest()
+
+
+def test_a_card_that_states_no_scope_is_not_for_encryption(cards) -> None:
+    # Duck-typed cards reach recipient_for too (card files, server entries): a missing scope
+    # must refuse, never default to "encrypt".
+    from types import SimpleNamespace
+
+    card = cards["alice-p256"]
+    scopeless = SimpleNamespace(
+        snapshot=SimpleNamespace(), id=card.id, identity=card.identity, spki_der=card.spki_der
+    )
+    with pytest.raises(CardError, match="not for encryption"):
+        recipient_for(scopeless)  # type: ignore[arg-type]

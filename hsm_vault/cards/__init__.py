@@ -1,14 +1,15 @@
 """Cards: signed identity cards (identity + public key on a token), their one-line export,
-verification against a trust policy, rotation and revocation statements, and the local keyring.
+rotation and revocation statements, and the local keyring.
 
-Specified in docs/cards.md. The model (`Card`, `CardSnapshot`, `verify_card`, ...) is pure code:
-no I/O, no token. `create_card` / `revoke_card` sign through a token session passed in;
+Specified in docs/cards.md. The model (`Card`, `CardSnapshot`, ...) is pure code: no I/O, no
+token. Whom to trust is decided in `hsm_vault.trust` (`TrustPolicy`, `verify_card`).
+`create_card` / `revoke_card` / `approve_card` sign through a token session passed in;
 `Keyring` stores cards under the user's data folder.
 
 Quick use::
 
     card = Card.from_text(line)                  # CardFormatError / CardVerificationError
-    verify_card(card, TrustPolicy.with_app_key(app_spki))   # raises, never returns a bool
+    trust.verify_card(card, TrustPolicy.with_app_key(app_spki))  # raises, never a bool
     card.id          # hex SHA-256 of the canonical snapshot bytes
     card.key_id      # 32 bytes: SHA-256 of the SPKI DER; envelopes name recipients by it
     card.signing_message("app")                  # what the server's application key signs
@@ -18,11 +19,13 @@ Quick use::
 from hsm_vault.cards.create import (
     SigningSession,
     TokenKey,
+    approve_card,
     build_snapshot,
     check_key_protection,
     create_card,
     default_identity_type,
     make_revocation,
+    read_attestation,
     revoke_card,
     sign_card,
 )
@@ -32,26 +35,25 @@ from hsm_vault.cards.model import (
     PREVIOUS,
     SELF,
     Card,
+    CardAttestation,
     CardSignature,
     CardSnapshot,
     IdentityType,
     RevocationReason,
     Scope,
     TokenProvenance,
-    TrustPolicy,
     WrapMethod,
     key_id_of,
     short_form,
-    verify_card,
-    verify_rotation,
 )
-from hsm_vault.cards.revocation import RevocationStatement, verify_revocation
+from hsm_vault.cards.revocation import RevocationStatement
 
 __all__ = [
     "CARD_VERSION",
     "PREVIOUS",
     "SELF",
     "Card",
+    "CardAttestation",
     "CardSignature",
     "CardSnapshot",
     "IdentityType",
@@ -64,18 +66,16 @@ __all__ = [
     "SigningSession",
     "TokenKey",
     "TokenProvenance",
-    "TrustPolicy",
     "WrapMethod",
+    "approve_card",
     "build_snapshot",
     "check_key_protection",
     "create_card",
     "default_identity_type",
     "key_id_of",
     "make_revocation",
+    "read_attestation",
     "revoke_card",
     "short_form",
     "sign_card",
-    "verify_card",
-    "verify_revocation",
-    "verify_rotation",
 ]

@@ -16,11 +16,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hsm_vault import config
-from hsm_vault.cards.model import Card, TrustPolicy, now_utc, verify_card, verify_rotation
-from hsm_vault.cards.revocation import RevocationStatement, verify_revocation
+from hsm_vault.cards.model import Card, now_utc
+from hsm_vault.cards.revocation import RevocationStatement
 from hsm_vault.errors import (
     AmbiguousCard,
     CardError,
@@ -30,13 +30,30 @@ from hsm_vault.errors import (
     UsageError,
 )
 
+if TYPE_CHECKING:
+    from hsm_vault.trust.cards import TrustPolicy
+
 ENTRY_VERSION = 1
 ORIGINS = ("own", "imported")
 _ID_PREFIX = re.compile(r"[0-9a-fA-F]{4,64}")
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.json")
 _REV_NAME = re.compile(r"[0-9a-f]{64}\.txt")
-# Verifying what is already stored: the self signature is what proves the file is intact.
-_STORED = TrustPolicy(require_token_protection=False)
+
+
+def _trust() -> Any:
+    """`hsm_vault.trust.cards`, imported on use: it builds on this package's card model."""
+    from hsm_vault.trust import cards
+
+    return cards
+
+
+def _verify_stored(card: Card) -> None:
+    """Verifying what is already stored: the self signature proves the file is intact (the
+    attestation was checked when the card was added, against that moment's roots)."""
+    trust = _trust()
+    trust.verify_card(
+        card, trust.TrustPolicy(require_token_protection=False, check_attestation=False)
+    )
 
 
 @dataclass(frozen=True)
@@ -109,7 +126,7 @@ class Keyring:
             raise KeyringError(f"{path.name} has a bad key_uri field")
         try:
             card = Card.from_text(raw.get("card", ""))
-            verify_card(card, _STORED)
+            _verify_stored(card)
         except CardError as exc:
             raise KeyringError(f"{path.name} holds a bad card: {exc}") from None
         if f"{card.id}.json" != path.name:
@@ -155,7 +172,7 @@ class Keyring:
                     statement = self._load_revocation(path)
                     target = by_id.get(statement.card_id)
                     if target is not None and statement.signer == "self":
-                        verify_revocation(statement, target.card)
+                        _trust().verify_revocation(statement, target.card)
                     revocations[statement.card_id] = statement
                 except CardError as exc:
                     problems.append(KeyringProblem(path, exc.message))
@@ -165,7 +182,7 @@ class Keyring:
             if old is None:
                 continue
             try:
-                verify_rotation(entry.card, old.card)
+                _trust().verify_rotation(entry.card, old.card)
             except CardError as exc:
                 problems.append(KeyringProblem(entry.path, f"rotation does not verify: {exc}"))
                 continue
@@ -260,13 +277,13 @@ class Keyring:
         """
         if origin not in ORIGINS:
             raise UsageError(f"origin must be one of {', '.join(ORIGINS)}")
-        verify_card(card, _STORED)
+        _verify_stored(card)
         path = self.root / f"{card.id}.json"
         added_at = now_utc()
         if card.previous_id is not None:
             old = self.root / f"{card.previous_id}.json"
             if old.exists():
-                verify_rotation(card, self._load_entry(old).card)
+                _trust().verify_rotation(card, self._load_entry(old).card)
         if path.exists():
             try:
                 existing = self._load_entry(path)
@@ -299,7 +316,7 @@ class Keyring:
                 f"card {statement.card_id[:16]} is not in the keyring: import it first"
             )
         entry = self._load_entry(path)
-        verify_revocation(statement, entry.card, policy)
+        _trust().verify_revocation(statement, entry.card, policy)
         config.write_private_file(
             self.revocations_dir / f"{statement.card_id}.txt",
             (statement.to_text() + "\n").encode(),

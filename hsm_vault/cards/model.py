@@ -1,8 +1,8 @@
-"""The card model: snapshot, signatures, one-line export, and verification against a policy.
+"""The card model: snapshot, signatures and the one-line export.
 
-Pure code: no I/O, no token. The format is specified in docs/cards.md; every rule there that
-says "must reject" is enforced here, either when an object is constructed (`CardFormatError`)
-or by `verify_card` (`CardVerificationError`).
+Pure code: no I/O, no token. The format is specified in docs/cards.md; every format rule there
+that says "must reject" is enforced here when an object is constructed (`CardFormatError`).
+Whom to trust for which signature is decided in `hsm_vault.trust` (`verify_card`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from types import MappingProxyType
 from typing import Any
 
 from hsm_vault.algorithms import (
+    OAEP_HASHES,
     KeyType,
     SignatureAlgorithm,
+    key_id_of,
     key_type_of,
     load_spki,
     spki_fingerprint,
-    verify_signature,
 )
+from hsm_vault.attestation import FORM_FACTOR_PATTERN, PIN_POLICIES, TOUCH_POLICIES
 from hsm_vault.cards.canonical import (
     b64url_decode,
     b64url_encode,
@@ -79,9 +81,6 @@ class RevocationReason(StrEnum):
     UNSPECIFIED = "unspecified"
     KEY_COMPROMISE = "key-compromise"
     SUPERSEDED = "superseded"
-
-
-OAEP_HASHES = ("sha1", "sha256")
 
 
 # --- small field checks --------------------------------------------------------------------------
@@ -177,15 +176,104 @@ def _load_public_key(spki_der: bytes) -> Any:
         raise CardFormatError("the public key is of an unknown algorithm") from None
 
 
-def key_id_of(spki_der: bytes) -> bytes:
-    """The key id hsm-vault uses everywhere: SHA-256 of the DER SubjectPublicKeyInfo."""
-    return hashlib.sha256(spki_der).digest()
-
-
 def short_form(hex_digest: str, groups: int = 6) -> str:
     """A digest cut to `groups` groups of four upper-case hex digits, for reading aloud."""
     upper = hex_digest.upper()
     return " ".join(upper[i * 4 : i * 4 + 4] for i in range(groups))
+
+
+MAX_CERTIFICATE = 4096
+_FIRMWARE = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
+
+
+@dataclass(frozen=True)
+class CardAttestation:
+    """What the device that made the key attested, and the certificates that say so.
+
+    `chain` is (the slot's attestation certificate, the device certificate that signed it),
+    DER. The format is checked here; whether the chain verifies, to which roots, and whether it
+    says what the other fields say is decided by `hsm_vault.trust.verify_card` (rule V10).
+    """
+
+    chain: tuple[bytes, ...]
+    serial: int
+    firmware: str
+    pin_policy: str
+    touch_policy: str
+    form_factor: str
+
+    def __post_init__(self) -> None:
+        from cryptography import x509
+
+        chain = tuple(self.chain)
+        if len(chain) != 2:
+            raise CardFormatError(
+                "the attestation chain must be two certificates (attestation, device)"
+            )
+        for der in chain:
+            if not isinstance(der, bytes) or not 0 < len(der) <= MAX_CERTIFICATE:
+                raise CardFormatError(
+                    f"an attestation certificate must be 1 to {MAX_CERTIFICATE} bytes of DER"
+                )
+            try:
+                x509.load_der_x509_certificate(der)
+            except ValueError:
+                raise CardFormatError("an attestation certificate is not DER X.509") from None
+        object.__setattr__(self, "chain", chain)
+        if type(self.serial) is not int or not 0 <= self.serial < 2**53:
+            raise CardFormatError("the attested serial must be a whole number from 0")
+        if not isinstance(self.firmware, str) or _FIRMWARE.fullmatch(self.firmware) is None:
+            raise CardFormatError("the attested firmware must look like 5.4.3")
+        if any(int(part) > 255 for part in self.firmware.split(".")):
+            raise CardFormatError("the attested firmware must look like 5.4.3")
+        if self.pin_policy not in PIN_POLICIES.values():
+            raise CardFormatError(f"unknown attested PIN policy {self.pin_policy!r}")
+        if self.touch_policy not in TOUCH_POLICIES.values():
+            raise CardFormatError(f"unknown attested touch policy {self.touch_policy!r}")
+        if (
+            not isinstance(self.form_factor, str)
+            or re.fullmatch(FORM_FACTOR_PATTERN, self.form_factor) is None
+        ):
+            raise CardFormatError(f"bad attested form factor {self.form_factor!r}")
+
+    @property
+    def attestation_der(self) -> bytes:
+        return self.chain[0]
+
+    @property
+    def device_der(self) -> bytes:
+        return self.chain[1]
+
+    def stated(self) -> dict[str, Any]:
+        """The attested fields (without the chain), as `Attestation.as_json` names them."""
+        return {
+            "serial": self.serial,
+            "firmware": self.firmware,
+            "pin_policy": self.pin_policy,
+            "touch_policy": self.touch_policy,
+            "form_factor": self.form_factor,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chain": [b64url_encode(der) for der in self.chain], **self.stated()}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> CardAttestation:
+        obj = _exact_keys(
+            obj,
+            ("chain", "firmware", "form_factor", "pin_policy", "serial", "touch_policy"),
+            "attestation",
+        )
+        if not isinstance(obj["chain"], list):
+            raise CardFormatError("the attestation chain must be a list")
+        return cls(
+            chain=tuple(b64url_decode(c, "attestation certificate") for c in obj["chain"]),
+            serial=obj["serial"],
+            firmware=obj["firmware"],
+            pin_policy=obj["pin_policy"],
+            touch_policy=obj["touch_policy"],
+            form_factor=obj["form_factor"],
+        )
 
 
 # --- the snapshot --------------------------------------------------------------------------------
@@ -204,21 +292,32 @@ class TokenProvenance:
     local: bool
     never_extractable: bool
     always_sensitive: bool
+    local_not_reported: bool = False
+    """The token's model reports CKA_LOCAL false even for keys it generated (NSS does), and an
+    officer allowed that model: `local` is false because the token cannot say, not because
+    the key was imported."""
 
     def __post_init__(self) -> None:
         for name in ("manufacturer", "model", "serial"):
             _text_field(getattr(self, name), f"token {name}", 64, empty=True)
-        for name in ("local", "never_extractable", "always_sensitive"):
+        for name in ("local", "never_extractable", "always_sensitive", "local_not_reported"):
             if not isinstance(getattr(self, name), bool):
                 raise CardFormatError(f"the provenance field {name} must be true or false")
+        if self.local and self.local_not_reported:
+            raise CardFormatError("provenance: local_not_reported with local true")
 
     @property
     def protected(self) -> bool:
         """True when the token said the key was made on it and can never leave it."""
-        return self.local and self.never_extractable and self.always_sensitive
+        made_here = self.local or self.local_not_reported
+        return made_here and self.never_extractable and self.always_sensitive
+
+    @property
+    def local_text(self) -> str:
+        return "not reported by the token" if self.local_not_reported else str(self.local)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "always_sensitive": self.always_sensitive,
             "local": self.local,
             "manufacturer": self.manufacturer,
@@ -226,9 +325,18 @@ class TokenProvenance:
             "never_extractable": self.never_extractable,
             "serial": self.serial,
         }
+        if self.local_not_reported:  # absent otherwise: older cards keep their bytes and ids
+            body["local_not_reported"] = True
+        return body
 
     @classmethod
     def from_json(cls, obj: Any) -> TokenProvenance:
+        if isinstance(obj, dict) and "local_not_reported" in obj:
+            obj = dict(obj)
+            flag = obj.pop("local_not_reported")
+            if flag is not True:
+                raise CardFormatError("provenance: local_not_reported may only be present as true")
+            return replace(cls.from_json(obj), local_not_reported=True)
         obj = _exact_keys(
             obj,
             (
@@ -263,6 +371,9 @@ class CardSnapshot:
     created_at: str
     previous_id: str | None
     provenance: TokenProvenance
+    #: What the device attested about the key; None: not attested (the field is then absent,
+    #: so cards made before attestation keep their bytes and ids).
+    attestation: CardAttestation | None = None
     version: int = CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -322,13 +433,15 @@ class CardSnapshot:
             hex_digest_field(self.previous_id, "previous card id")
         if not isinstance(self.provenance, TokenProvenance):
             raise CardFormatError("the provenance must be a TokenProvenance")
+        if self.attestation is not None and not isinstance(self.attestation, CardAttestation):
+            raise CardFormatError("the attestation must be a CardAttestation")
 
     def to_json(self) -> dict[str, Any]:
         """The snapshot as a JSON object (see docs/cards.md for the field list)."""
         wrap: dict[str, Any] = {"method": self.wrap_method.value}
         if self.oaep_hash is not None:
             wrap["oaep_hash"] = self.oaep_hash
-        return {
+        body: dict[str, Any] = {
             "created_at": self.created_at,
             "data": dict(self.data),
             "identity": self.identity,
@@ -341,6 +454,9 @@ class CardSnapshot:
             "version": self.version,
             "wrap": wrap,
         }
+        if self.attestation is not None:
+            body["attestation"] = self.attestation.to_json()
+        return body
 
     def to_bytes(self) -> bytes:
         """The canonical snapshot bytes (the card id is their SHA-256)."""
@@ -351,6 +467,10 @@ class CardSnapshot:
         """Build a snapshot from its JSON object, checking every field."""
         if isinstance(obj, dict) and not is_version(obj.get("version"), CARD_VERSION):
             raise CardFormatError(f"unknown card snapshot version {obj.get('version')!r}")
+        attestation = None
+        if isinstance(obj, dict) and "attestation" in obj:
+            obj = dict(obj)
+            attestation = CardAttestation.from_json(obj.pop("attestation"))
         obj = _exact_keys(
             obj,
             (
@@ -392,6 +512,7 @@ class CardSnapshot:
             created_at=obj["created_at"],
             previous_id=obj["previous"],
             provenance=TokenProvenance.from_json(obj["provenance"]),
+            attestation=attestation,
             version=obj["version"],
         )
 
@@ -515,6 +636,11 @@ class Card:
         return self.snapshot.created_at
 
     @property
+    def attestation(self) -> CardAttestation | None:
+        """What the card states its device attested (verified by `verify_card`), or None."""
+        return self.snapshot.attestation
+
+    @property
     def key_id(self) -> bytes:
         """SHA-256 of the SPKI DER (32 bytes): how envelopes name this card's key."""
         return key_id_of(self.snapshot.spki_der)
@@ -603,120 +729,3 @@ class Card:
                 "the card id does not match its content (the card was changed)"
             )
         return card
-
-
-# --- trust policy and verification ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrustPolicy:
-    """Which signers a card must carry, and which public keys are trusted for each signer.
-
-    The "self" signature is always required and always checked against the card's own key.
-    Any signature by a signer listed in `trusted` is checked (and must verify) even if that
-    signer is not required; signatures by other signers are left unchecked.
-    """
-
-    required: frozenset[str] = frozenset()
-    trusted: Mapping[str, tuple[bytes, ...]] = field(default_factory=dict)
-    require_token_protection: bool = True
-
-    def __post_init__(self) -> None:
-        required = frozenset(check_signer(s) for s in self.required)
-        for reserved in (SELF, PREVIOUS):
-            if reserved in self.trusted:
-                raise CardFormatError(f"the {reserved!r} signature needs no trusted key")
-        trusted = {check_signer(k): tuple(v) for k, v in self.trusted.items()}
-        for signer in required - {SELF, PREVIOUS}:
-            if not trusted.get(signer):
-                raise CardFormatError(f"required signer {signer!r} has no trusted key")
-        for keys in trusted.values():
-            for spki in keys:
-                _load_public_key(spki)
-        object.__setattr__(self, "required", required)
-        object.__setattr__(self, "trusted", MappingProxyType(trusted))
-
-    @classmethod
-    def self_only(cls) -> TrustPolicy:
-        """Check the self signature only."""
-        return cls()
-
-    @classmethod
-    def with_app_key(cls, app_spki: bytes, *, required: bool = True) -> TrustPolicy:
-        """Trust `app_spki` for the "app" signer, and (by default) require that signature."""
-        return cls(
-            required=frozenset({"app"}) if required else frozenset(), trusted={"app": (app_spki,)}
-        )
-
-    def checked_signers(self, card: Card) -> tuple[str, ...]:
-        """The signers of `card` whose signatures `verify_card` checks under this policy."""
-        return tuple(
-            s.signer for s in card.signatures if s.signer == SELF or s.signer in self.trusted
-        )
-
-
-def _verify_one(card: Card, sig: CardSignature, spki_der: bytes, label: str) -> None:
-    if sig.key_id != key_id_of(spki_der):
-        raise CardVerificationError(f"the {label} signature names a different key")
-    try:
-        verify_signature(spki_der, sig.algorithm, card.signing_message(sig.signer), sig.signature)
-    except CardVerificationError:
-        raise CardVerificationError(f"the {label} signature does not verify") from None
-
-
-def verify_card(card: Card, policy: TrustPolicy, *, previous: Card | None = None) -> None:
-    """Verify `card` under `policy`; return None or raise.
-
-    Checks the self signature against the card's own key, every signature by a signer the
-    policy trusts, that every required signer signed, and rotation: a card naming a previous
-    card must carry a "previous" signature, which is checked when `previous` is given (and
-    `previous` must then be the card it names). Raises `CardVerificationError`.
-    """
-    if not isinstance(card, Card):
-        raise CardFormatError("not a card")
-    own = card.signature_by(SELF)
-    if own is None:
-        raise CardVerificationError("the card has no self signature")
-    _verify_one(card, own, card.spki_der, "self")
-    if policy.require_token_protection and not card.snapshot.provenance.protected:
-        raise CardVerificationError(
-            "the card says its key was not generated on the token or could be extracted"
-        )
-    prev_sig = card.signature_by(PREVIOUS)
-    if card.previous_id is None:
-        if prev_sig is not None:
-            raise CardVerificationError("a 'previous' signature on a card that rotates nothing")
-        if previous is not None:
-            raise CardVerificationError("the card does not name a previous card")
-    else:
-        if prev_sig is None:
-            raise CardVerificationError(
-                "the card replaces an earlier card but is not signed by the earlier card's key"
-            )
-        if previous is not None:
-            if previous.id != card.previous_id:
-                raise CardVerificationError("the previous card given is not the one this names")
-            if (previous.identity, previous.identity_type) != (card.identity, card.identity_type):
-                raise CardVerificationError("a rotated card must keep the previous identity")
-            _verify_one(card, prev_sig, previous.spki_der, "previous")
-    for signer in sorted(policy.required - {SELF, PREVIOUS}):
-        if card.signature_by(signer) is None:
-            raise CardVerificationError(f"the card lacks the required {signer!r} signature")
-    if PREVIOUS in policy.required and previous is None:
-        raise CardVerificationError("the previous card is needed to check the rotation")
-    for sig in card.signatures:
-        keys = policy.trusted.get(sig.signer)
-        if not keys:
-            continue
-        match = next((k for k in keys if key_id_of(k) == sig.key_id), None)
-        if match is None:
-            raise CardVerificationError(f"the {sig.signer!r} signature is by an untrusted key")
-        _verify_one(card, sig, match, repr(sig.signer))
-
-
-def verify_rotation(new: Card, old: Card) -> None:
-    """Check that `new` names `old` as its previous card and carries a valid "previous"
-    signature by `old`'s key (and a valid self signature). Raises `CardVerificationError`."""
-    if new.previous_id is None:
-        raise CardVerificationError("the card does not name a previous card")
-    verify_card(new, TrustPolicy(require_token_protection=False), previous=old)

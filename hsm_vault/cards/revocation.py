@@ -1,5 +1,6 @@
 """Revocation statements: "card X is revoked for reason R", signed by the card's key or by a
-trusted signer. Pure code: no I/O, no token. Specified in docs/cards.md.
+trusted signer. Pure code: no I/O, no token. Specified in docs/cards.md; whether a statement is
+trusted is decided by `hsm_vault.trust.verify_revocation`.
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hsm_vault.algorithms import SignatureAlgorithm, verify_signature
 from hsm_vault.cards.canonical import (
     b64url_decode,
     b64url_encode,
@@ -16,19 +16,15 @@ from hsm_vault.cards.canonical import (
     parse_canonical_json,
 )
 from hsm_vault.cards.model import (
-    SELF,
-    Card,
     CardSignature,
     RevocationReason,
-    TrustPolicy,
     _enum,
     _exact_keys,
     check_signer,
     check_time,
     is_version,
-    key_id_of,
 )
-from hsm_vault.errors import CardFormatError, CardVerificationError
+from hsm_vault.errors import CardFormatError
 
 REVOCATION_VERSION = 1
 REVOCATION_TEXT_PREFIX = "hsmv-revocation-"
@@ -40,7 +36,7 @@ class RevocationStatement:
     """A signed statement that a card must no longer be used.
 
     `signature.signer` is "self" when made with the revoked card's own key, or the name of a
-    signer the verifier's `TrustPolicy` trusts (e.g. "app").
+    signer the verifier's `hsm_vault.trust.TrustPolicy` trusts (e.g. "app").
     """
 
     card_id: str
@@ -115,30 +111,3 @@ class RevocationStatement:
             created_at=obj["created_at"],
             signature=CardSignature.from_json(obj["signature"]),
         )
-
-
-def verify_revocation(
-    statement: RevocationStatement, card: Card, policy: TrustPolicy | None = None
-) -> None:
-    """Check that `statement` revokes `card` and is signed by the card's key or by a signer
-    `policy` trusts. Raises `CardVerificationError`."""
-    if statement.card_id != card.id:
-        raise CardVerificationError("the revocation is for a different card")
-    sig = statement.signature
-    if sig.signer == SELF:
-        candidates: tuple[bytes, ...] = (card.spki_der,)
-    else:
-        candidates = tuple((policy.trusted if policy else {}).get(sig.signer, ()))
-        if not candidates:
-            raise CardVerificationError(
-                f"the revocation is signed by {sig.signer!r}, whom this policy does not trust"
-            )
-    spki = next((k for k in candidates if key_id_of(k) == sig.key_id), None)
-    if spki is None:
-        raise CardVerificationError("the revocation is signed by an untrusted key")
-    try:
-        verify_signature(
-            spki, SignatureAlgorithm(sig.algorithm), statement.message(), sig.signature
-        )
-    except CardVerificationError:
-        raise CardVerificationError("the revocation signature does not verify") from None

@@ -11,7 +11,7 @@ import hmac
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -141,6 +141,7 @@ def login(
     config.app_key_spki = base64.b64encode(app.spki_der).decode()
     config.ca_bundle = ca
     config.save()
+    policy = _pin_policy(config)
     if json_out:
         print_json(
             {
@@ -150,6 +151,7 @@ def login(
                 "identity": enrolment.identity,
                 "token_expires_at": enrolment.expires_at,
                 "app_fingerprint": fingerprint,
+                "policy_serial": policy.serial,
             }
         )
         return
@@ -158,6 +160,20 @@ def login(
         f"token expires {enrolment.expires_at}"
     )
     console.print(f"pinned application key {fingerprint}")
+    console.print(
+        f"pinned server policy {policy.serial}: {policy.body.approvals} officer approval(s) "
+        "per card"
+    )
+
+
+def _pin_policy(config: Config) -> Any:
+    """Fetch the server's signed policy, verify it from policy 1 (or the one pinned) against
+    the application key just pinned, and pin it."""
+    from hsm_vault.client import VaultClient
+    from hsm_vault.client.pinning import update_policy
+
+    with VaultClient.from_config(config) as client:
+        return update_policy(client, config).policy
 
 
 def logout(json_out: JsonOpt = False) -> None:
@@ -182,12 +198,18 @@ def logout(json_out: JsonOpt = False) -> None:
 
 
 def whoami(json_out: JsonOpt = False) -> None:
-    """Show the account the stored API token belongs to, and the pinned application key."""
+    """Show your account, the pinned application key and the server policy.
+
+    The policy is first brought up to date along its verified chain from the pinned one.
+    """
+    from hsm_vault.cli.policy import policy_summary
     from hsm_vault.client import VaultClient
+    from hsm_vault.client.pinning import update_policy
 
     config = Config.load()
     with VaultClient.from_config(config) as client:
         me = client.whoami()
+        policy = update_policy(client, config).policy
     info = {
         "server": config.server_url,
         "username": me.get("username"),
@@ -195,6 +217,7 @@ def whoami(json_out: JsonOpt = False) -> None:
         "identity": me.get("identity"),
         "token_expires_at": me.get("token_expires_at"),
         "app_fingerprint": config.app_fingerprint,
+        "policy": policy_summary(policy) if policy is not None else None,
     }
     if json_out:
         print_json(info)
@@ -203,6 +226,12 @@ def whoami(json_out: JsonOpt = False) -> None:
     console.print(f"server:          {info['server']}")
     console.print(f"token expires:   {info['token_expires_at']}")
     console.print(f"application key: {info['app_fingerprint']}")
+    if policy is not None:
+        officers = ", ".join(o.username for o in policy.body.officers) or "none yet"
+        console.print(
+            f"server policy:   serial {policy.serial}, {policy.body.approvals} officer "
+            f"approval(s) per card; officers: {officers}"
+        )
 
 
 def register(app: typer.Typer) -> None:

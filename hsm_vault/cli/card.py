@@ -6,8 +6,7 @@ find / approve ...) add their commands to the same `card` group.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,31 +22,32 @@ from hsm_vault.cards import (
     RevocationReason,
     RevocationStatement,
     Scope,
-    TrustPolicy,
     create_card,
     revoke_card,
-    verify_card,
 )
 from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
     PinFileOpt,
+    SlotOpt,
     TokenOpt,
     YesOpt,
     console,
     err_console,
+    key_reference,
     print_json,
     split_token_from_key,
     token_session,
 )
-from hsm_vault.config import Config, write_private_file
+from hsm_vault.config import Config, attestation_roots, write_private_file
 from hsm_vault.errors import (
     CardError,
-    CardFormatError,
-    ConfigError,
+    CardNotFound,
     FileExistsRefused,
     UsageError,
 )
+from hsm_vault.trust import TrustAnchors, TrustPolicy, verify_card, verify_card_attestation
+from hsm_vault.trust.anchors import PINNED_POLICY_KEY
 
 card_app = typer.Typer(
     help="Identity cards: an identity bound to a token key, signed through the token.",
@@ -86,41 +86,71 @@ def read_source(source: str, prefix: str = "hsmv-card-") -> str:
     raise UsageError(f"{source[:40]!r} is neither a {prefix}... line nor a readable file")
 
 
-def _decode_spki(text: str) -> bytes:
-    """The pinned app key from the config: base64 DER (as `login` writes it), or hex."""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (ValueError, binascii.Error):
-        pass
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError("the pinned application key (app_key_spki) is malformed") from None
+def pinned_anchors() -> TrustAnchors | None:
+    """The application key and policy pinned at login (fingerprint-checked), or None."""
+    config = Config.load()
+    if not config.app_key_spki:
+        return None
+    return TrustAnchors.from_pinned(
+        config.app_key_spki,
+        config.app_fingerprint,
+        config.extra.get(PINNED_POLICY_KEY),
+        attestation_roots(),
+    )
 
 
 def trust_policy(required: list[str] | None) -> TrustPolicy:
-    """Self signature always; the app key pinned in the config is trusted for "app"."""
-    config = Config.load()
-    trusted: dict[str, tuple[bytes, ...]] = {}
-    if config.app_key_spki:
-        trusted["app"] = (_decode_spki(config.app_key_spki),)
+    """Self signature always; the pinned app key is trusted for "app", the pinned policy's
+    officers for their approvals (required with "app")."""
     wanted = frozenset(required or ())
-    missing = sorted(s for s in wanted if s not in trusted and s not in ("self", "previous"))
-    if missing:
-        raise UsageError(
-            f"no trusted key for {', '.join(missing)}",
-            hint="Log in to the server first ('hsm-vault login') to pin its application key.",
-        )
+    anchors = pinned_anchors()
+    if anchors is None:
+        missing = sorted(s for s in wanted if s not in ("self", "previous"))
+        if missing:
+            raise UsageError(
+                f"no trusted key for {', '.join(missing)}",
+                hint="Log in to the server first ('hsm-vault login') to pin its application key.",
+            )
+        return TrustPolicy(required=wanted, attestation_roots=attestation_roots())
+    return anchors.trust_for(wanted)
+
+
+def attestation_summary(card: Card, roots: tuple[Any, ...] | None = None) -> dict[str, Any]:
+    """`attested` (true only when the card's attestation verifies to the roots trusted here:
+    `roots`, else Yubico's and $HSM_VAULT_ATTESTATION_ROOTS), and what it attests."""
+    stated = card.attestation
+    if stated is None:
+        return {"attested": False, "attestation": None}
     try:
-        return TrustPolicy(required=wanted, trusted=trusted)
-    except CardFormatError as exc:
-        raise ConfigError(f"the pinned application key is unusable: {exc.message}") from None
+        found = verify_card_attestation(card, attestation_roots() if roots is None else roots)
+    except CardError as exc:
+        return {"attested": False, "attestation": {**stated.stated(), "problem": exc.message}}
+    return {
+        "attested": True,
+        "attestation": {**stated.stated(), "root": found.root if found else ""},
+    }
+
+
+def attestation_line(summary: dict[str, Any]) -> str:
+    """One line for people: what `attestation_summary` found."""
+    attested = summary["attestation"]
+    if attested is None:
+        return "not attested (the token offers no key attestation)"
+    what = (
+        f"YubiKey #{attested['serial']}, firmware {attested['firmware']}, PIN policy "
+        f"{attested['pin_policy']}, touch policy {attested['touch_policy']}, "
+        f"{attested['form_factor']}"
+    )
+    if summary["attested"]:
+        return f"attested: {what} (root: {attested['root']})"
+    return f"NOT attested: the card's attestation does not verify here ({attested['problem']})"
 
 
 def card_summary(card: Card, policy: TrustPolicy | None = None) -> dict[str, Any]:
     """A card as plain data, for --json and `card show`."""
     checked = set(policy.checked_signers(card)) if policy is not None else set()
     snapshot = card.snapshot
+    roots = policy.attestation_roots if policy is not None else None
     return {
         "id": card.id,
         "short_id": card.short_id,
@@ -134,6 +164,7 @@ def card_summary(card: Card, policy: TrustPolicy | None = None) -> dict[str, Any
         "created_at": card.created_at,
         "previous": card.previous_id,
         "provenance": snapshot.provenance.to_json(),
+        **attestation_summary(card, roots),
         "signatures": [
             {
                 "signer": s.signer,
@@ -184,9 +215,16 @@ def _print_card(card: Card, policy: TrustPolicy | None = None) -> None:
     prov = card.snapshot.provenance
     console.print(
         f"token        {prov.manufacturer} / {prov.model} / serial {prov.serial or '-'}; "
-        f"local={prov.local} never_extractable={prov.never_extractable} "
+        f"local={prov.local_text} never_extractable={prov.never_extractable} "
         f"always_sensitive={prov.always_sensitive}"
     )
+    roots = policy.attestation_roots if policy is not None else None
+    console.print(f"key origin   {attestation_line(attestation_summary(card, roots))}")
+    approvers = [
+        s.signer.partition(":")[2] for s in card.signatures if s.signer.startswith("officer:")
+    ]
+    if approvers:
+        console.print(f"approved by  {', '.join(approvers)} (officers)")
     for sig in card.signatures:
         state = "verified" if sig.signer in checked else "unchecked"
         if policy is None:
@@ -219,7 +257,11 @@ def _parse_data(items: list[str] | None) -> dict[str, str]:
 @card_app.command("create")
 def create(
     identity: Annotated[str, typer.Argument(help="Who the card is for: an email or user name.")],
-    key: Annotated[str, typer.Option("--key", "-k", help="Token key label or PKCS#11 URI.")],
+    key: Annotated[
+        str | None,
+        typer.Option("--key", "-k", help="Token key label or PKCS#11 URI.", show_default=False),
+    ] = None,
+    slot: SlotOpt = None,
     identity_type: Annotated[
         IdentityType | None,
         typer.Option(
@@ -241,6 +283,13 @@ def create(
         str | None,
         typer.Option("--old-key", help="Token key of the card named by --rotate-from."),
     ] = None,
+    no_attestation: Annotated[
+        bool,
+        typer.Option(
+            "--no-attestation",
+            help="Do not read the token's key attestation: the card says 'not attested'.",
+        ),
+    ] = False,
     token: TokenOpt = None,
     module: ModuleOpt = None,
     pin_file: PinFileOpt = None,
@@ -250,11 +299,14 @@ def create(
 
     The key must have been generated on the token (local, never extractable, always
     sensitive). For RSA keys the OAEP hash the token accepts is probed and written in the card.
+    On a token that attests its keys (a YubiKey) the attestation is verified and recorded.
     """
+    key = key_reference(key, slot)
     if (rotate_from is None) != (old_key is None):
         raise UsageError("--rotate-from and --old-key go together")
     keyring = Keyring()
     previous_card = keyring.resolve(rotate_from, allow_revoked=True).card if rotate_from else None
+    roots = None if no_attestation else attestation_roots()
     with token_session(module, split_token_from_key(key, token), pin_file) as ts:
         token_key = ts.find_key(key)
         previous = None
@@ -268,12 +320,15 @@ def create(
             scope=scope or (Scope.ENCRYPT, Scope.SIGN),
             data=_parse_data(data),
             previous=previous,
+            attest=not no_attestation,
+            attestation_roots=roots,
         )
     entry = keyring.add(card, origin="own", key_uri=token_key.uri)
     if json_out:
         print_json({**entry_summary(entry), "card": card.to_text()})
         return
     console.print(f"created card {card.id} for {card.identity}")
+    console.print(attestation_line(attestation_summary(card, roots)))
     console.print(f"short id: {card.short_id}  (read this to whoever imports the card)")
     console.print(f"export it with: hsm-vault card export {card.id[:16]}")
 
@@ -404,8 +459,17 @@ def list_cards(json_out: JsonOpt = False) -> None:
 
 @card_app.command("show")
 def show(ref: RefArg, json_out: JsonOpt = False) -> None:
-    """Everything a card says, and what the keyring knows about it."""
-    entry = Keyring().resolve(ref, allow_revoked=True)
+    """Everything a card says, and what the keyring knows about it. A full card id that is not
+    in the keyring is asked of the server (officers see pending cards there)."""
+    try:
+        entry = Keyring().resolve(ref, allow_revoked=True)
+    except CardNotFound:
+        if re.fullmatch(r"[0-9a-f]{64}", ref.lower()) is None or not Config.load().api_token:
+            raise
+        from hsm_vault.cli.card_server import show_from_server
+
+        show_from_server(ref.lower(), json_out)
+        return
     if json_out:
         print_json(entry_summary(entry))
         return

@@ -3,7 +3,8 @@ refresh.
 
 They join the `card` group of hsm_vault/cli/card.py through `register_card_commands(card_app)`.
 Every card that comes back from the server is verified against the application key pinned at
-login before it is shown as valid or kept in the keyring.
+login and the signed server policy pinned after it (officer approvals) before it is shown as
+valid or kept in the keyring.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from hsm_vault.cards import (
     PREVIOUS,
@@ -24,18 +24,21 @@ from hsm_vault.cards import (
     RevocationStatement,
     revoke_card,
 )
+from hsm_vault.cli.card import attestation_line, attestation_summary
 from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
     PinFileOpt,
     TokenOpt,
     console,
+    err_console,
     print_json,
     split_token_from_key,
     token_session,
 )
 from hsm_vault.config import Config
 from hsm_vault.errors import AmbiguousCard, CardError, CardNotFound, UsageError
+from hsm_vault.trust import TrustAnchors, officer_signer, parse_stated, verify_entry
 
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
 _PREFIX = re.compile(r"[0-9a-f]{4,64}")
@@ -43,12 +46,20 @@ _PREFIX = re.compile(r"[0-9a-f]{4,64}")
 IdArg = Annotated[str, typer.Argument(help="Card id (or a prefix of 4+ hex digits).")]
 
 
-def _client_and_key() -> tuple[Any, bytes]:
-    from hsm_vault.client import VaultClient, pinned_app_key
+def _client_and_trust() -> tuple[Any, TrustAnchors, Config]:
+    """A client of the logged-in server, and the anchors with the server policy brought up
+    to date (along a verified chain) and pinned."""
+    from hsm_vault.client import VaultClient
+    from hsm_vault.client.pinning import update_policy
 
     config = Config.load()
     client = VaultClient.from_config(config)
-    return client, pinned_app_key(config)
+    try:
+        anchors = update_policy(client, config)
+    except BaseException:
+        client.close()
+        raise
+    return client, anchors, config
 
 
 def _entry_json(entry: Any) -> dict[str, Any]:
@@ -61,7 +72,17 @@ def _entry_json(entry: Any) -> dict[str, Any]:
         "published_at": entry.published_at,
         "decided_by": entry.decided_by,
         "reject_reason": entry.reject_reason,
+        "approved_by": _approvers(entry),
     }
+
+
+def _approvers(entry: Any) -> list[str]:
+    """The officers whose approvals the card text carries (as stated; not verified here)."""
+    try:
+        card = Card.from_text(entry.card_text)
+    except CardError:
+        return []
+    return [s.signer.partition(":")[2] for s in card.signatures if s.signer.startswith("officer:")]
 
 
 def _unsigned_by_others(card: Card) -> Card:
@@ -74,16 +95,15 @@ def publish(
     json_out: JsonOpt = False,
 ) -> None:
     """Send one of your cards to the server; it waits there until an officer approves it."""
-    from hsm_vault.client import verify_entry
-
     keyring = Keyring()
     card = keyring.resolve(ref).card
-    client, app_spki = _client_and_key()
+    client, anchors, _ = _client_and_trust()
     with client:
         entry = client.publish_card(_unsigned_by_others(card))
     if entry.status == "approved":
-        # Auto-approved: keep the app signature, once it verifies against the pinned key.
-        keyring.add(verify_entry(entry, app_spki, expect_id=card.id).card, origin="own")
+        # Auto-approved: keep the app signature, once it verifies under the pinned policy.
+        verified = verify_entry(entry, anchors.card_policy(), expect_id=card.id)
+        keyring.add(verified.card, origin="own")
     if json_out:
         print_json(_entry_json(entry))
         return
@@ -98,15 +118,16 @@ def find(
 ) -> None:
     """Fetch an identity's approved cards, verify them, and keep them in the keyring.
 
-    Every card must carry a valid self signature and a valid "app" signature by the
-    application key pinned at login; if any card in the answer fails, nothing is kept.
+    Every card must carry a valid self signature, a valid "app" signature by the application
+    key pinned at login, and the officer approvals the pinned server policy requires; if any
+    card in the answer fails, nothing is kept.
     """
     from hsm_vault.client import fetch_cards_into_keyring
 
     keyring = Keyring()
-    client, app_spki = _client_and_key()
+    client, anchors, _ = _client_and_trust()
     with client:
-        entries = fetch_cards_into_keyring(client, identity, app_spki, keyring)
+        entries = fetch_cards_into_keyring(client, identity, anchors.card_policy(), keyring)
     if not entries:
         raise CardNotFound(
             f"the server has no approved card for {identity!r}",
@@ -121,6 +142,7 @@ def find(
             "fingerprint": e.card.fingerprint,
             "created_at": e.card.created_at,
             "signers": list(e.card.signers),
+            **attestation_summary(e.card, anchors.attestation_roots),
         }
         for e in entries
     ]
@@ -133,27 +155,62 @@ def find(
             f"signed by {', '.join(row['signers'])}; kept in the keyring"
         )
         console.print(f"  short id {row['short_id']}")
+        console.print(f"  {attestation_line(row)}")
+
+
+def _pending_json(entry: Any) -> dict[str, Any]:
+    summary = {**_entry_json(entry), "second_card": entry.second_card}
+    try:
+        card = Card.from_text(entry.card_text)
+    except CardError:
+        return {**summary, "malformed": True}
+    prov = card.snapshot.provenance
+    return {
+        **summary,
+        "key_type": card.key_type.value,
+        "key_fingerprint_sha256": card.fingerprint,
+        "short_id": card.short_id,
+        "provenance": prov.to_json(),
+        "token_protected": prov.protected,
+        **attestation_summary(card),
+    }
 
 
 def pending(json_out: JsonOpt = False) -> None:
-    """List the cards waiting for approval (officers)."""
-    client, _ = _client_and_key()
+    """List the cards waiting for approval (officers): full key fingerprint, key type, token
+    provenance, the approvals so far, and whether it would be a second card for its identity."""
+    client, _anchors, _ = _client_and_trust()
     with client:
         entries = client.pending_cards()
+    rows = [_pending_json(e) for e in entries]
     if json_out:
-        print_json([_entry_json(e) for e in entries])
+        print_json(rows)
         return
-    if not entries:
+    if not rows:
         console.print("no cards are waiting for approval")
         return
-    table = Table("id", "identity", "owner", "key", "published")
-    for entry in entries:
-        try:
-            key_type = Card.from_text(entry.card_text).key_type.value
-        except CardError:
-            key_type = "?"
-        table.add_row(entry.id[:16], entry.identity, entry.owner, key_type, entry.published_at)
-    console.print(table)
+    for row in rows:
+        console.print(f"card {row['id']}  {row['identity']} (owner {row['owner']})")
+        if row.get("malformed"):
+            console.print("  [red]malformed card text[/]", markup=True)
+            continue
+        prov = row["provenance"]
+        console.print(
+            f"  key          {row['key_type']}, fingerprint {row['key_fingerprint_sha256']}"
+        )
+        console.print(
+            f"  token        {prov['manufacturer']} / {prov['model']} / serial "
+            f"{prov['serial'] or '-'}; protected={row['token_protected']}"
+        )
+        console.print(f"  key origin   {attestation_line(row)}")
+        console.print(f"  published    {row['published_at']}")
+        console.print(f"  approved by  {', '.join(row['approved_by']) or '-'}")
+        if row["second_card"]:
+            console.print(
+                f"  [yellow]warning:[/] {row['identity']} already has an approved card this "
+                "one does not replace",
+                markup=True,
+            )
 
 
 def _resolve_pending(client: Any, ref: str) -> str:
@@ -170,21 +227,94 @@ def _resolve_pending(client: Any, ref: str) -> str:
     return matches[0]
 
 
-def approve(card_id: IdArg, json_out: JsonOpt = False) -> None:
-    """Approve a pending card: the server signs it with its application key (officers)."""
-    from hsm_vault.client import verify_entry
+def _officer_key_ref(anchors: TrustAnchors, username: str, key: str | None) -> tuple[Card, str]:
+    """The officer's own card named in the pinned policy, and the token key to sign with."""
+    policy = anchors.policy
+    officer = policy.body.officer(username) if policy is not None else None
+    if officer is None:
+        raise UsageError(
+            f"{username!r} is not an officer of the server policy",
+            hint="'hsm-vault policy show' lists the officers.",
+        )
+    try:
+        own = Keyring().get(officer.card_id)
+    except CardNotFound:
+        raise CardNotFound(
+            f"your officer card {officer.card_id[:16]} is not in this keyring",
+            hint="Approve from the machine where you created it, or import it and pass --key.",
+        ) from None
+    key_ref = key or own.key_uri
+    if key_ref is None:
+        raise UsageError("which token key signs your approvals?", hint="Pass --key LABEL.")
+    return own.card, key_ref
 
-    client, app_spki = _client_and_key()
+
+def approve(
+    card_id: IdArg,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key", "-k", help="Your officer card's token key (default: the one it was made with)."
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Approve a second card without asking.")
+    ] = False,
+    token: TokenOpt = None,
+    module: ModuleOpt = None,
+    pin_file: PinFileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Approve a pending card (officers; never your own).
+
+    Under a server policy that requires officer approvals you sign the card id on your own
+    token with your officer card's key (PIN prompt); the card is usable once the policy's
+    number of officers have approved it.
+    """
+    from hsm_vault.cards import approve_card
+    from hsm_vault.config import attestation_roots
+    from hsm_vault.trust import TrustPolicy, verify_card
+
+    client, anchors, config = _client_and_trust()
     with client:
-        entry = client.approve_card(_resolve_pending(client, card_id))
-    verified = verify_entry(entry, app_spki, expect_id=entry.id)
+        entry = client.get_card(_resolve_pending(client, card_id))
+        card = parse_stated(entry, expect_id=entry.id)
+        if entry.status == "approved":
+            raise UsageError(f"card {entry.id} is approved already")
+        verify_card(card, TrustPolicy.self_only(attestation_roots()))
+        pending_entry = next((e for e in client.pending_cards() if e.id == entry.id), None)
+        if pending_entry is not None and pending_entry.second_card and not yes:
+            err_console.print(
+                f"warning: {card.identity} already has an approved card that this one does not "
+                "replace; after approval 'encrypt --to' will find two cards."
+            )
+            typer.confirm("Approve it anyway?", abort=True)
+        signature = None
+        needed = anchors.card_policy().approvals
+        if needed > 0:
+            username = config.username or ""
+            own, key_ref = _officer_key_ref(anchors, username, key)
+            with token_session(module, split_token_from_key(key_ref, token), pin_file) as ts:
+                signature = approve_card(
+                    ts, ts.find_key(key_ref), card, officer_signer(username), own
+                )
+        entry = client.approve_card(entry.id, signature)
+    done = _approvers(entry)
+    if entry.status == "approved":
+        verify_entry(entry, anchors.card_policy(), expect_id=entry.id)
     if json_out:
-        print_json(_entry_json(entry))
+        print_json({**_entry_json(entry), "approvals_required": needed})
         return
-    console.print(
-        f"approved card {entry.id} for {entry.identity} (owner {entry.owner}); "
-        f"short id {verified.card.short_id}"
-    )
+    if entry.status == "approved":
+        console.print(
+            f"approved card {entry.id} for {entry.identity} (owner {entry.owner}); "
+            f"short id {card.short_id}"
+        )
+    else:
+        console.print(
+            f"your approval of card {entry.id[:16]} is recorded: {len(done)} of {needed} "
+            "officer approvals; it is not usable until the rest approve"
+        )
 
 
 def reject(
@@ -193,7 +323,7 @@ def reject(
     json_out: JsonOpt = False,
 ) -> None:
     """Reject a pending card (officers)."""
-    client, _ = _client_and_key()
+    client, _anchors, _ = _client_and_trust()
     with client:
         entry = client.reject_card(_resolve_pending(client, card_id), reason)
     if json_out:
@@ -230,8 +360,6 @@ def revoke(
 ) -> None:
     """Revoke a card on the server, with a statement signed on the owner's token or by the
     server's application key; the verified statement is kept in the keyring."""
-    from hsm_vault.client import app_policy, verify_entry
-
     keyring = Keyring()
     local = None
     try:
@@ -252,14 +380,15 @@ def revoke(
             )
         with token_session(module, split_token_from_key(key_ref, token), pin_file) as ts:
             statement = revoke_card(ts, ts.find_key(key_ref), local.card, reason)
-    client, app_spki = _client_and_key()
+    client, anchors, _ = _client_and_trust()
     with client:
         entry = client.revoke_card(card_id, statement=statement, reason=reason.value)
-    verified = verify_entry(entry, app_spki, expect_id=card_id)
+    policy = anchors.card_policy()
+    verified = verify_entry(entry, policy, expect_id=card_id)
     if verified.revocation is None:
         raise CardError("the server did not return the revocation statement")
     if local is not None:
-        keyring.add_revocation(verified.revocation, app_policy(app_spki))
+        keyring.add_revocation(verified.revocation, policy)
     if json_out:
         print_json(
             {
@@ -279,24 +408,24 @@ def revoke(
 def refresh(json_out: JsonOpt = False) -> None:
     """Ask the server about every card in the keyring: keep verified revocations, and fetch
     the cards that replaced superseded ones. Run it before encrypting to long-known cards."""
-    from hsm_vault.client import app_policy, refresh_card_status, verify_entry
+    from hsm_vault.client import refresh_card_status
 
     keyring = Keyring()
-    client, app_spki = _client_and_key()
-    policy = app_policy(app_spki)
+    client, anchors, _ = _client_and_trust()
+    policy = anchors.card_policy()
     report: list[dict[str, Any]] = []
     with client:
         for entry in keyring.entries():
             if entry.revocation is not None:
                 continue
-            verified = refresh_card_status(client, entry.card.id, app_spki, keyring, policy=policy)
+            verified = refresh_card_status(client, entry.card.id, policy, keyring)
             if verified is None:
                 report.append({"id": entry.card.id, "status": "unknown to the server"})
                 continue
             row: dict[str, Any] = {"id": entry.card.id, "status": verified.status}
             newer = verified.superseded_by
             if newer:
-                keyring.add(verify_entry(client.get_card(newer), app_spki, expect_id=newer).card)
+                keyring.add(verify_entry(client.get_card(newer), policy, expect_id=newer).card)
                 row["superseded_by"] = newer
             report.append(row)
     if json_out:
@@ -305,6 +434,34 @@ def refresh(json_out: JsonOpt = False) -> None:
     for row in report:
         extra = f" (replaced by {row['superseded_by'][:16]})" if row.get("superseded_by") else ""
         console.print(f"{row['id'][:16]}  {row['status']}{extra}")
+
+
+def show_from_server(card_id: str, json_out: bool) -> None:
+    """`card show` of a card the keyring lacks: the server's record, its self signature
+    checked, its approvals listed; approved cards are verified under the pinned policy."""
+    from hsm_vault.cli.card import _print_card, card_summary
+    from hsm_vault.config import attestation_roots
+    from hsm_vault.trust import TrustPolicy, verify_card
+
+    client, anchors, _ = _client_and_trust()
+    with client:
+        entry = client.get_card(card_id)
+    card = parse_stated(entry, expect_id=card_id)
+    policy = TrustPolicy.self_only(attestation_roots())
+    if entry.status == "approved":
+        policy = anchors.card_policy()
+        verify_entry(entry, policy, expect_id=card_id)
+    else:
+        verify_card(card, policy)
+    if json_out:
+        print_json({**card_summary(card, policy), **_entry_json(entry)})
+        return
+    _print_card(card, policy)
+    console.print(
+        f"on the server  {entry.status}, owner {entry.owner}, published {entry.published_at}"
+    )
+    if entry.status == "pending":
+        console.print("not yet valid: it waits for officer approvals")
 
 
 _COMMANDS: dict[str, Callable[..., None]] = {

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 from hsm_vault.config import Config
-from hsm_vault.errors import HsmVaultError
+from hsm_vault.errors import HsmVaultError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -52,6 +52,7 @@ def stderr_is_terminal() -> bool:
     """True when stderr is a terminal (progress bars and chatter go there), without rich."""
     return sys.stderr.isatty()
 
+
 ModuleOpt = Annotated[
     str | None,
     typer.Option(
@@ -77,6 +78,31 @@ PinFileOpt = Annotated[
         "else a hidden prompt). PINs are never taken on the command line.",
         show_default=False,
         exists=False,
+    ),
+]
+ManagementKeyFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--management-key-file",
+        help="PIV tokens: read the management key (48 hex digits) from the first line of this "
+        "file (else $HSM_VAULT_MANAGEMENT_KEY, else a hidden prompt). Never on the command line.",
+        show_default=False,
+    ),
+]
+AllowDefaultManagementKeyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-default-management-key",
+        help="PIV tokens: accept the factory default management key (test cards only).",
+    ),
+]
+SlotOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--slot",
+        help="PIV tokens: the key in this slot (9a, 9c, 9d, 9e, 82-95), e.g. one made with "
+        "yubico-piv-tool or ykman; the same as the key pkcs11:id=%03 for 9d.",
+        show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -129,28 +155,77 @@ def progress_bar(
         yield lambda n: bar.advance(task, n)
 
 
+def root_option(name: str, value: str | None) -> str | None:
+    """`value` if the command's own option was given, else the same option given before the
+    subcommand (`hsm-vault --module M token list`)."""
+    if value is not None:
+        return value
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj.get(name) if isinstance(obj, dict) else None
+
+
 @contextmanager
-def token_session(module: str | None, token: str | None, pin_file: Path | None) -> Iterator[Any]:
-    """Open a logged-in session on the chosen token, with config-file defaults."""
+def token_session(
+    module: str | None,
+    token: str | None,
+    pin_file: Path | None,
+    *,
+    management_key_file: Path | None = None,
+    manage_keys: bool = False,
+    allow_default_management_key: bool = False,
+) -> Iterator[Any]:
+    """Open a logged-in session on the chosen token, with config-file defaults.
+
+    `manage_keys`: the session makes or destroys keys, so a PIV token is logged in with its
+    management key (asked for only then); other tokens with the PIN as always.
+    """
     from hsm_vault.token import PinSource, open_session  # keeps pkcs11 off paths without a token
+    from hsm_vault.token.piv import management_key_source
 
     config = Config.load()
     with open_session(
-        token,
-        module=module,
+        root_option("token", token),
+        module=root_option("module", module),
         pin=PinSource(pin_file=pin_file),
         configured_module=config.module,
         configured_token=config.token,
+        allow_unreported_local=config.allow_unreported_local,
+        management_key=management_key_source(management_key_file) if manage_keys else None,
+        allow_default_management_key=allow_default_management_key,
     ) as session:
+        if session.default_management_key:
+            err_console.print(
+                "[yellow]warning:[/] this PIV token still has the factory default management "
+                "key: anyone holding it can replace its keys (docs/yubikey.md)",
+                markup=True,
+            )
         yield session
 
 
-def split_token_from_key(key: str, token: str | None) -> str | None:
-    """A key URI may name its token (pkcs11:token=alice;object=k); use it if --token is not set."""
-    if token is None and key.lower().startswith("pkcs11:"):
+def key_reference(key: str | None, slot: str | None, *, required: bool = True) -> Any:
+    """The key a command names: a label or pkcs11: URI, or a PIV slot (`--slot 9d` is
+    `pkcs11:id=%03`); None if neither is given and the key is not `required`."""
+    if slot is not None:
+        if key is not None:
+            raise UsageError("name the key by --key (or KEY) or by --slot, not both")
+        from hsm_vault.token.piv import slot_named
+
+        return f"pkcs11:id={slot_named(slot).uri_id}"
+    if key is None and required:
+        raise UsageError("name a key: its label, a pkcs11: URI, or --slot on a PIV token")
+    return key
+
+
+def split_token_from_key(key: str | None, token: str | None) -> str | None:
+    """The token to open for `key`: --token if given, else the token a key URI names
+    (pkcs11:token=alice;object=k, or serial=, manufacturer=, model=), else None."""
+    if token is None and key is not None and key.lower().startswith("pkcs11:"):
         from hsm_vault.token.uri import parse_uri
 
         uri = parse_uri(key)
-        if uri.token or uri.serial:
+        if uri.token or uri.serial or uri.manufacturer or uri.model:
             return key
     return token

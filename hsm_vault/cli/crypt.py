@@ -18,10 +18,13 @@ from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
     PinFileOpt,
+    SlotOpt,
     TokenOpt,
     err_console,
+    key_reference,
     print_json,
     progress_bar,
+    split_token_from_key,
     stderr_is_terminal,
     token_session,
 )
@@ -59,12 +62,14 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and n
 
 def _card_from_ref(ref: str, keyring: Keyring) -> Card:
     """A card from a card file (one-line export, self signature checked) or the keyring."""
-    from hsm_vault.cards import Card, TrustPolicy, verify_card
+    from hsm_vault.cards import Card
+    from hsm_vault.config import attestation_roots
+    from hsm_vault.trust import TrustPolicy, verify_card
 
     path = Path(ref)
     if ("/" in ref or ref.endswith((".card", ".txt"))) and path.is_file():
         card = Card.from_text(path.read_text().strip())
-        verify_card(card, TrustPolicy.self_only())
+        verify_card(card, TrustPolicy.self_only(attestation_roots()))
         revocation = keyring.revocation(card.id)
         if revocation is not None:
             from hsm_vault.errors import CardRevoked
@@ -273,7 +278,7 @@ def encrypt(
         return
     from hsm_vault.vault import TokenSigner
 
-    with token_session(module, token or _token_of(sign_with), pin_file) as session:
+    with token_session(module, split_token_from_key(sign_with, token), pin_file) as session:
         key = session.find_key(sign_with)
         run(TokenSigner(session, key, _own_card_for(key.spki_der)))
 
@@ -307,11 +312,6 @@ def _encrypt_upload(
     return meta
 
 
-def _token_of(ref: str | None) -> str | None:
-    """A pkcs11: URI names its token; pass it on so the right token is opened."""
-    return ref if ref and ref.lower().startswith("pkcs11:") else None
-
-
 def decrypt(
     files: FilesArg = None,
     key: Annotated[
@@ -323,6 +323,7 @@ def decrypt(
             show_default=False,
         ),
     ] = None,
+    slot: SlotOpt = None,
     output: OutputOpt = None,
     out_dir: OutDirOpt = None,
     force: ForceOpt = False,
@@ -367,7 +368,8 @@ def decrypt(
         plan = _plan(_inputs(files), output, out_dir, default_decrypt_output)
     for _, dst in plan:
         _refuse_terminal(dst)
-    chosen = token or _token_of(key)
+    key = key_reference(key, slot, required=False)
+    chosen = split_token_from_key(key, token)
     if chosen is None:
         chosen = _own_token_for(_recipients_of(from_store, [src for src, _ in plan if src]))
     with token_session(module, chosen, pin_file) as session:
@@ -507,7 +509,17 @@ def inspect(
     out = typer.echo
     out(f"file:       {file}")
     out("format:     hsm-vault v1, " + header.payload.algorithm)
-    out(f"size:       {plaintext_size} bytes of plaintext (chunks of {header.payload.chunk_size})")
+    if plaintext_size is None:
+        out(
+            "size:       UNKNOWN: the file's size fits no complete file; it was truncated or "
+            "extended, and decrypting it will fail"
+        )
+    else:
+        chunk = header.payload.chunk_size
+        out(
+            f"size:       {plaintext_size} bytes of plaintext (chunks of {chunk}), from the "
+            "file's size; decrypt verifies it"
+        )
     out(f"recipients: {len(recipients)}")
     for r in recipients:
         name = f"  {r['identity']}" if r["identity"] else ""

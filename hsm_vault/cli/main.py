@@ -26,11 +26,15 @@ COMMAND_MODULES = {
     "encrypt": "crypt",
     "decrypt": "crypt",
     "inspect": "crypt",
+    "rewrap": "rewrap",
+    "export": "export",
     "login": "account",
     "logout": "account",
     "whoami": "account",
     "server": "server",
     "store": "store",
+    "config": "config",
+    "policy": "policy",
 }
 
 
@@ -89,11 +93,26 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    module: str | None = typer.Option(
+        None,
+        "--module",
+        help="PKCS#11 module for every token command (the same as each command's --module).",
+        show_default=False,
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        "-t",
+        help="Token for every token command (the same as each command's --token).",
+        show_default=False,
+    ),
 ) -> None:
     """hsm-vault: keys on the token, files encrypted to signed cards."""
+    ctx.obj = {"module": module, "token": token}
 
 
 def run() -> None:

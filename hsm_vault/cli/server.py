@@ -151,16 +151,45 @@ def init(
         int | None,
         typer.Option("--quota-mib", min=1, help="Storage per user, in MiB. [default: 20480]"),
     ] = None,
+    approvals: Annotated[
+        int | None,
+        typer.Option(
+            "--approvals",
+            min=0,
+            max=16,
+            help="Officer approvals (signed on the officers' own tokens) each card needs, in "
+            "the signed server policy; 0 lets the application key alone vouch for cards. "
+            "[default: 1; 0 with --auto-approve]",
+            show_default=False,
+        ),
+    ] = None,
+    require_attestation: Annotated[
+        bool,
+        typer.Option(
+            "--require-attestation",
+            help="The signed policy requires key attestation: the server publishes only cards "
+            "whose key a device attested (a YubiKey), and clients refuse the others.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Create the data folder, the database and the application key on the server's token.
 
     Running it again on an existing folder keeps the data and the settings, changes only the
     options given, and brings the database schema up to date. Prints the application key's
-    fingerprint: give it to users out of band so they can check it at login.
+    fingerprint: give it to users out of band so they can check it at login. Writes the
+    first signed server policy (`--approvals`); officers are then named with `add-officer`.
     """
     from hsm_vault.server.appkey import ensure_application_key
     from hsm_vault.server.db import make_engine, migrate_to_head, schema_revision
+
+    if auto_approve and approvals:
+        raise UsageError(
+            "--auto-approve cannot give cards officer approvals",
+            hint="Use --approvals 0 with --auto-approve, or leave auto-approve off.",
+        )
+    if approvals is None and auto_approve:
+        approvals = 0
 
     folder = (data or _default_data()).expanduser()
     if (folder / "server.json").exists():
@@ -199,6 +228,7 @@ def init(
     try:
         migrate_to_head(engine)
         revision = schema_revision(engine)
+        policy = _init_policy(settings, engine, approvals, require_attestation or None)
     finally:
         engine.dispose()
     settings.save()
@@ -211,6 +241,9 @@ def init(
                 "fingerprint": info.fingerprint,
                 "algorithm": info.algorithm.value,
                 "schema_revision": revision,
+                "policy_serial": policy.serial,
+                "approvals": policy.body.approvals,
+                "require_attestation": policy.body.require_attestation,
             }
         )
         return
@@ -219,7 +252,31 @@ def init(
     verb = "generated" if created else "found"
     console.print(f"application key:  {verb} {info.uri} ({info.key_type.value})")
     console.print(f"fingerprint:      {info.fingerprint}")
+    console.print(
+        f"policy:           serial {policy.serial}, {policy.body.approvals} officer approval(s) "
+        f"per card, {len(policy.body.officers)} officer(s)"
+        + (", key attestation required" if policy.body.require_attestation else "")
+    )
     console.print("Give this fingerprint to users out of band: 'hsm-vault login' shows it.")
+    if len(policy.body.officers) < policy.body.approvals:
+        console.print("Name the first officers with 'hsm-vault server add-officer NAME'.")
+
+
+def _init_policy(
+    settings: ServerSettings,
+    engine: Engine,
+    approvals: int | None,
+    require_attestation: bool | None,
+) -> Any:
+    """Write the first signed policy, or change its rules during the bootstrap."""
+    from hsm_vault.server.appkey import open_application_key
+    from hsm_vault.server.approvals import init_policy
+    from hsm_vault.server.db import make_sessionmaker
+
+    with open_application_key(settings) as app_key, make_sessionmaker(engine)() as db:
+        policy = init_policy(db, app_key, approvals, require_attestation)
+        db.commit()
+    return policy
 
 
 @server_app.command("run")
@@ -387,6 +444,71 @@ def users(
         return
     for row in rows:
         console.print(f"{row['username']:<20} {row['role']:<8} {row['identity']}")
+
+
+@server_app.command("add-officer")
+def add_officer(
+    name: Annotated[str, typer.Argument(help="The officer account whose card to approve.")],
+    data: DataOpt = None,
+    database_url: DatabaseOpt = None,
+    pin_file: ServerPinFileOpt = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask (the fingerprint is still printed).")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The bootstrap ceremony, on the server host: approve an officer's published card with
+    the application key and name it in a new signed policy.
+
+    Compare the printed card fingerprint with the officer, out of band, before confirming.
+    Only while the policy names fewer officers than its approvals; after that officers add
+    officers with 'hsm-vault policy propose --add-officer NAME'.
+    """
+    from hsm_vault.algorithms import spki_fingerprint
+    from hsm_vault.cards.model import short_form
+    from hsm_vault.server.accounts import find_user
+    from hsm_vault.server.appkey import open_application_key
+    from hsm_vault.server.approvals import add_officer_in_ceremony, officer_of
+
+    settings = _load(
+        data, database_url=database_url, pin_file=pin_file.resolve() if pin_file else None
+    )
+    engine, sessions = _open_db(settings)
+    try:
+        with sessions() as db:
+            officer = officer_of(db, find_user(db, name))
+            err_console.print(f"officer:          {name} (identity {officer.identity})")
+            err_console.print(f"card id:          {officer.card_id}")
+            err_console.print(f"short id:         {short_form(officer.card_id)}")
+            err_console.print(
+                f"key:              {officer.key_type.value}, "
+                f"fingerprint {spki_fingerprint(officer.spki_der)}"
+            )
+            if not yes:
+                typer.confirm(
+                    f"Did {name} confirm this card id, out of band?", default=False, abort=True
+                )
+            with open_application_key(settings) as app_key:
+                policy = add_officer_in_ceremony(db, app_key, officer)
+                db.commit()
+    finally:
+        engine.dispose()
+    if json_out:
+        print_json(
+            {
+                "officer": name,
+                "card_id": officer.card_id,
+                "policy_serial": policy.serial,
+                "approvals": policy.body.approvals,
+                "officers": [o.username for o in policy.body.officers],
+            }
+        )
+        return
+    console.print(
+        f"{name} is an officer: policy {policy.serial} names "
+        f"{', '.join(o.username for o in policy.body.officers)} "
+        f"for {policy.body.approvals} approval(s) per card"
+    )
 
 
 @server_app.command("openapi")

@@ -5,6 +5,7 @@
     hsm-vault store list [--shared] [--json]
     hsm-vault store info NAME [--json]
     hsm-vault store rm NAME
+    hsm-vault store rewrap NAME... [--add REF] [--remove REF] [--from-card OLD --to-card NEW]
 
 Uploads stream from the file and downloads stream to a temporary file beside the target, so
 neither holds a whole file in memory; a progress bar shows on a terminal for large transfers.
@@ -17,7 +18,16 @@ from typing import Annotated, Any
 
 import typer
 
-from hsm_vault.cli.common import JsonOpt, console, err_console, print_json, progress_bar
+from hsm_vault.cli.common import (
+    JsonOpt,
+    ModuleOpt,
+    PinFileOpt,
+    TokenOpt,
+    console,
+    err_console,
+    print_json,
+    progress_bar,
+)
 from hsm_vault.errors import UsageError
 
 #: Transfers at least this large get a progress bar (on a terminal).
@@ -171,6 +181,56 @@ def rm(name: Annotated[str, typer.Argument(help="One of your blobs.")]) -> None:
 
     delete_blob(_client(), name)
     err_console.print(f"deleted {name}")
+
+
+@store_app.command("rewrap")
+def rewrap(
+    names: Annotated[
+        list[str], typer.Argument(help="Blob names (OWNER/NAME for a blob shared with you).")
+    ],
+    add: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--add", help="Give the blobs to this card too. Repeatable.", show_default=False
+        ),
+    ] = None,
+    remove: Annotated[
+        list[str] | None,
+        typer.Option("--remove", help="Take this recipient out. Repeatable.", show_default=False),
+    ] = None,
+    from_card: Annotated[
+        str | None, typer.Option("--from-card", help="Card to replace.", show_default=False)
+    ] = None,
+    to_card: Annotated[
+        str | None, typer.Option("--to-card", help="Card replacing it.", show_default=False)
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", "-k", help="Unwrap with this token key.", show_default=False),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
+    module: ModuleOpt = None,
+    token: TokenOpt = None,
+    pin_file: PinFileOpt = None,
+) -> None:
+    """Change who can read blobs without re-encrypting them (payload bytes kept).
+
+    Only the new header is sent; the server swaps it in atomically and updates who may read
+    the blob (see 'hsm-vault rewrap --help').
+    """
+    from hsm_vault.cli.rewrap import recipient_change, rewrap_blobs
+
+    change, replaced = recipient_change(add, remove, from_card, to_card)
+    rewrap_blobs(
+        names,
+        change,
+        replaced=replaced,
+        key=key,
+        quiet=quiet,
+        module=module,
+        token=token,
+        pin_file=pin_file,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -6,16 +6,16 @@ verification always on (with an optional CA bundle), and every problem document 
 answers turned into the matching `hsm_vault.errors` exception carrying the server's message.
 
 Trust: nothing the server says about a card is taken on its word. `find_cards` and
-`fetch_card` parse and verify every card (self signature and "app" signature against the
-application key pinned at login) and every revocation statement, and raise
-`ServerTrustError` if anything fails, returning nothing from that answer.
+`fetch_card` hand every card and revocation to `hsm_vault.trust` under the caller's
+`TrustPolicy` (self, "app" and officer signatures against the anchors pinned at login, see
+`hsm_vault.client.pinning`), and raise `ServerTrustError` if anything fails, returning nothing
+from that answer.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -30,8 +30,8 @@ from urllib3.util.retry import Retry
 from hsm_vault import __version__
 from hsm_vault.algorithms import SignatureAlgorithm, load_spki, spki_fingerprint
 from hsm_vault.cards.keyring import Keyring, KeyringEntry
-from hsm_vault.cards.model import Card, TrustPolicy, verify_card
-from hsm_vault.cards.revocation import RevocationStatement, verify_revocation
+from hsm_vault.cards.model import Card, CardSignature
+from hsm_vault.cards.revocation import RevocationStatement
 from hsm_vault.config import Config
 from hsm_vault.errors import (
     AuthenticationFailed,
@@ -48,6 +48,7 @@ from hsm_vault.errors import (
     TooLarge,
     UsageError,
 )
+from hsm_vault.trust import SignedPolicy, TrustPolicy, VerifiedCard, load_app_key, verify_entry
 
 #: (connect, read) seconds; every call has a timeout.
 DEFAULT_TIMEOUT = (5.0, 30.0)
@@ -59,6 +60,7 @@ _STATUS_ERRORS: dict[int, type[ServerError]] = {
     403: PermissionDenied,
     404: NotFoundOnServer,
     409: ConflictOnServer,
+    412: ConflictOnServer,
     413: TooLarge,
     422: RequestRejected,
 }
@@ -109,6 +111,8 @@ class CardEntry:
     decided_by: str | None
     reject_reason: str | None
     revocation_text: str | None
+    #: For a pending card: whether its identity already has an approved card it does not replace.
+    second_card: bool = False
 
     @classmethod
     def from_json(cls, obj: Any) -> CardEntry:
@@ -127,71 +131,10 @@ class CardEntry:
                 decided_by=obj.get("decided_by"),
                 reject_reason=obj.get("reject_reason"),
                 revocation_text=obj.get("revocation"),
+                second_card=bool(obj.get("second_card", False)),
             )
         except KeyError as exc:
             raise ServerError(f"the server sent a card record without {exc.args[0]}") from None
-
-
-@dataclass(frozen=True)
-class VerifiedCard:
-    """A card whose signatures verified against the pinned application key, with its state.
-
-    `revocation` is set (and verified) when the card is revoked.
-    """
-
-    card: Card
-    status: str
-    revocation: RevocationStatement | None
-    #: The id of the card that replaced this one, as the server states it (fetch and verify it).
-    superseded_by: str | None = None
-
-    @property
-    def revoked(self) -> bool:
-        return self.revocation is not None
-
-
-# --- verification of what the server sent ---------------------------------------------------------
-
-
-def app_policy(app_spki: bytes) -> TrustPolicy:
-    """The policy for fetched cards: self signature, token protection and the app signature."""
-    return TrustPolicy.with_app_key(app_spki)
-
-
-def verify_entry(
-    entry: CardEntry,
-    app_spki: bytes,
-    *,
-    expect_id: str | None = None,
-    expect_identity: str | None = None,
-) -> VerifiedCard:
-    """Verify one card record from the server; raise `ServerTrustError` if anything fails."""
-    policy = app_policy(app_spki)
-    try:
-        card = Card.from_text(entry.card_text)
-        if card.id != entry.id or (expect_id is not None and card.id != expect_id):
-            raise ServerTrustError("the server sent a different card than the one asked for")
-        if expect_identity is not None and card.identity != expect_identity:
-            raise ServerTrustError(
-                f"the server sent a card for {card.identity!r} when asked for {expect_identity!r}"
-            )
-        verify_card(card, policy)
-        revocation = None
-        if entry.revocation_text is not None:
-            revocation = RevocationStatement.from_text(entry.revocation_text)
-            verify_revocation(revocation, card, policy)
-        elif entry.status == "revoked":
-            raise ServerTrustError("the server says the card is revoked but sent no statement")
-    except ServerTrustError:
-        raise
-    except CardError as exc:
-        raise ServerTrustError(
-            f"the server's card {entry.id[:16]}.. for {entry.identity!r} failed verification: "
-            f"{exc.message}"
-        ) from None
-    return VerifiedCard(
-        card=card, status=entry.status, revocation=revocation, superseded_by=entry.superseded_by
-    )
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -468,8 +411,13 @@ class VaultClient:
     def my_cards(self) -> list[CardEntry]:
         return self._card_list(self._json("GET", "/v1/cards/mine"))
 
-    def approve_card(self, card_id: str) -> CardEntry:
-        return CardEntry.from_json(self._json("POST", f"/v1/cards/{_card_path(card_id)}/approve"))
+    def approve_card(self, card_id: str, signature: CardSignature | None = None) -> CardEntry:
+        """Approve a pending card, with the officer's signature made on their token (needed
+        when the server policy requires officer approvals)."""
+        body = {"signature": signature.to_json()} if signature is not None else None
+        return CardEntry.from_json(
+            self._json("POST", f"/v1/cards/{_card_path(card_id)}/approve", json=body)
+        )
 
     def reject_card(self, card_id: str, reason: str) -> CardEntry:
         return CardEntry.from_json(
@@ -505,16 +453,50 @@ class VaultClient:
             raise ServerError("the server sent a malformed card list")
         return [CardEntry.from_json(item) for item in body["cards"]]
 
+    # -- the signed server policy
+    def policy(self, serial: int | None = None) -> SignedPolicy:
+        """The server's policy in force (or the one with `serial`), parsed but not verified:
+        `hsm_vault.client.pinning.update_policy` decides whether to trust it."""
+        path = "/v1/policy" if serial is None else f"/v1/policy/{int(serial)}"
+        return _policy_of(self._json("GET", path, authenticated=False))
+
+    def policy_proposal(self) -> SignedPolicy:
+        """The open proposal for the next policy (officers); NotFoundOnServer if none."""
+        return _policy_of(self._json("GET", "/v1/policy/proposal"))
+
+    def propose_policy(
+        self,
+        *,
+        approvals: int | None = None,
+        add_officers: tuple[str, ...] = (),
+        remove_officers: tuple[str, ...] = (),
+        require_attestation: bool | None = None,
+    ) -> SignedPolicy:
+        """Propose the next policy (officers); it replaces any open proposal."""
+        body = {
+            "approvals": approvals,
+            "add_officers": list(add_officers),
+            "remove_officers": list(remove_officers),
+            "require_attestation": require_attestation,
+        }
+        return _policy_of(self._json("POST", "/v1/policy/proposal", json=body))
+
+    def sign_policy_proposal(self, policy_id: str, signature: CardSignature) -> SignedPolicy:
+        """Add an officer's signature to the open proposal; once it has the quorum the server
+        adds its own and the proposal is the policy in force (its serial is then current)."""
+        body = {"id": policy_id, "signature": signature.to_json()}
+        return _policy_of(self._json("POST", "/v1/policy/proposal/signatures", json=body))
+
     # -- cards, verified
-    def find_cards(self, identity: str, app_spki: bytes) -> list[VerifiedCard]:
+    def find_cards(self, identity: str, policy: TrustPolicy) -> list[VerifiedCard]:
         """Approved cards for `identity`, every one verified; ServerTrustError if any fails."""
         entries = self.search_cards(identity)
-        return [verify_entry(e, app_spki, expect_identity=identity) for e in entries]
+        return [verify_entry(e, policy, expect_identity=identity) for e in entries]
 
-    def fetch_card(self, card_id: str, app_spki: bytes) -> VerifiedCard:
+    def fetch_card(self, card_id: str, policy: TrustPolicy) -> VerifiedCard:
         """One card by id with its status and verified revocation, if any."""
         entry = self.get_card(card_id)
-        return verify_entry(entry, app_spki, expect_id=card_id)
+        return verify_entry(entry, policy, expect_id=card_id)
 
 
 def client_from_config(config: Config | None = None, *, need_login: bool = True) -> VaultClient:
@@ -526,24 +508,25 @@ def _card_path(card_id: str) -> str:
     return quote(card_id.lower(), safe="")
 
 
+def _policy_of(body: Any) -> SignedPolicy:
+    if not isinstance(body, dict) or not isinstance(body.get("policy"), str):
+        raise ServerError("the server sent a malformed policy answer")
+    try:
+        return SignedPolicy.from_text(body["policy"])
+    except CardError as exc:
+        raise ServerTrustError(f"the server's policy is malformed: {exc.message}") from None
+
+
 def pinned_app_key(config: Config) -> bytes:
     """The application key pinned at login; ServerTrustError if it is missing or altered."""
-    if not config.app_key_spki or not config.app_fingerprint:
-        raise NotLoggedIn("no application key is pinned for this server")
-    try:
-        spki = base64.b64decode(config.app_key_spki, validate=True)
-    except (ValueError, binascii.Error):
-        raise ServerTrustError("the pinned application key in the config is malformed") from None
-    if not hmac.compare_digest(spki_fingerprint(spki), config.app_fingerprint.lower()):
-        raise ServerTrustError("the pinned application key does not match the pinned fingerprint")
-    return spki
+    return load_app_key(config.app_key_spki, config.app_fingerprint)
 
 
 # --- the local keyring, fed only with verified cards ------------------------------------------
 
 
 def fetch_cards_into_keyring(
-    client: VaultClient, identity: str, app_spki: bytes, keyring: Keyring
+    client: VaultClient, identity: str, policy: TrustPolicy, keyring: Keyring
 ) -> list[KeyringEntry]:
     """Find `identity`'s approved cards, verify every one, and keep them in `keyring`.
 
@@ -551,35 +534,29 @@ def fetch_cards_into_keyring(
     up by id, and a verified revocation is kept, so a revoked card stops being used here too.
     Nothing is stored if any card in the answer fails verification (ServerTrustError).
     """
-    found = client.find_cards(identity, app_spki)
-    policy = app_policy(app_spki)
+    found = client.find_cards(identity, policy)
     entries = [keyring.add(v.card, origin="imported") for v in found]
     listed = {v.card.id for v in found}
     for entry in keyring.find(identity):
         if entry.card.id in listed or entry.revocation is not None:
             continue
-        refresh_card_status(client, entry.card.id, app_spki, keyring, policy=policy)
+        refresh_card_status(client, entry.card.id, policy, keyring)
     return entries
 
 
 def refresh_card_status(
-    client: VaultClient,
-    card_id: str,
-    app_spki: bytes,
-    keyring: Keyring,
-    *,
-    policy: TrustPolicy | None = None,
+    client: VaultClient, card_id: str, policy: TrustPolicy, keyring: Keyring
 ) -> VerifiedCard | None:
     """Ask the server about one card and keep a verified revocation in the keyring.
 
     Returns None when the server does not know the card (e.g. it was never published there).
     """
     try:
-        verified = client.fetch_card(card_id, app_spki)
+        verified = client.fetch_card(card_id, policy)
     except NotFoundOnServer:
         return None
     if verified.revocation is not None:
-        keyring.add_revocation(verified.revocation, policy or app_policy(app_spki))
+        keyring.add_revocation(verified.revocation, policy)
     return verified
 
 
@@ -590,7 +567,11 @@ def fetch_identity(identity: str, keyring: Keyring | None = None) -> list[Keyrin
     Raises NotLoggedIn when no server login is configured, ServerTrustError when the answer
     does not verify (nothing is kept then).
     """
+    from hsm_vault.client.pinning import update_policy
+
     config = Config.load()
-    app_spki = pinned_app_key(config)
     with VaultClient.from_config(config) as client:
-        return fetch_cards_into_keyring(client, identity, app_spki, keyring or Keyring())
+        anchors = update_policy(client, config)
+        return fetch_cards_into_keyring(
+            client, identity, anchors.card_policy(), keyring or Keyring()
+        )

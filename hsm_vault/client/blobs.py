@@ -33,6 +33,7 @@ from urllib.parse import quote
 import requests
 
 from hsm_vault.errors import (
+    ConflictOnServer,
     FileExistsRefused,
     PermissionDenied,
     ServerError,
@@ -475,3 +476,50 @@ def delete_blob(client: BlobClient, name: str) -> None:
     """Delete one of your blobs."""
     path, params = _path_and_params(name)
     _request(client, "DELETE", path, params=params)
+
+
+# --- re-wrapping: the header alone goes back and forth -----------------------------------------
+
+
+def _range(client: BlobClient, name: str, first: int, last: int) -> tuple[bytes, str]:
+    path, params = _path_and_params(name)
+    response = _request(
+        client, "GET", path, params=params, headers={"Range": f"bytes={first}-{last}"}
+    )
+    return response.content, response.headers.get("ETag", "").strip('"')
+
+
+def read_blob_header(client: BlobClient, name: str) -> tuple[bytes, str]:
+    """The envelope header of blob `name` (two small range reads) and the blob's SHA-256.
+
+    The SHA-256 names the version of the blob the header came from: `replace_blob_header`
+    sends it back so that the server refuses a swap if the blob changed in between.
+    """
+    from hsm_vault.envelope.format import MAC_LENGTH, PREFIX_LENGTH, parse_prefix
+
+    prefix, sha256 = _range(client, name, 0, PREFIX_LENGTH - 1)
+    length = parse_prefix(prefix)
+    rest, again = _range(client, name, PREFIX_LENGTH, PREFIX_LENGTH + length + MAC_LENGTH - 1)
+    if again != sha256:
+        raise ConflictOnServer(
+            f"{name} changed while its header was being read", hint="Run the command again."
+        )
+    return prefix + rest, sha256
+
+
+def replace_blob_header(client: BlobClient, name: str, header: bytes, sha256: str) -> BlobMeta:
+    """Swap the header of blob `name` (whose SHA-256 must still be `sha256`) for `header`.
+
+    The server checks that the new header fits the payload, writes the new blob beside the
+    old one and swaps them atomically; who may read the blob follows the new recipients.
+    """
+    path, params = _path_and_params(name)
+    response = _request(
+        client,
+        "PUT",
+        path + "/header",
+        params=params,
+        data=header,
+        headers={"Content-Type": "application/octet-stream", "If-Match": f'"{sha256}"'},
+    )
+    return BlobMeta.from_json(response.json())

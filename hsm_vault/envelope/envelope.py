@@ -50,6 +50,7 @@ from hsm_vault.envelope.stream import (
     is_large,
     open_payload,
     open_payload_overlapped,
+    payload_size,
     seal,
     seal_overlapped,
     write_all,
@@ -229,8 +230,7 @@ def encrypt(
         hasher=hasher,
         progress=progress,
     )
-    chunks = max(1, -(-size // chunk_size))
-    total = len(raw) + chunks * 16 + size
+    total = len(raw) + payload_size(size, chunk_size)
     if signer is not None and reference is not None and hasher is not None:
         trailer = _encode_trailer(reference, signer.sign(_signature_message(hasher.digest())))
         write_all(dst, memoryview(trailer))

@@ -13,7 +13,7 @@ from typing import Any
 
 from asn1crypto import algos, cms, core, keys
 
-from hsm_vault.algorithms import KeyType, SignatureAlgorithm
+from hsm_vault.algorithms import OAEP_HASHES, KeyType, SignatureAlgorithm
 from hsm_vault.errors import HeaderError
 
 MAGIC = b"HSMV\r\n\x1a\n"
@@ -40,15 +40,12 @@ if cms.KeyEncryptionAlgorithmId._reverse_map is not None:
     cms.KeyEncryptionAlgorithmId._reverse_map.setdefault(_ECDH_SHA256KDF, _ECDH_SHA256KDF_OID)
 cms.KeyEncryptionAlgorithm._oid_specs.setdefault(_ECDH_SHA256KDF, cms.KeyEncryptionAlgorithm)
 
-_CURVES = {KeyType.EC_P256: "secp256r1", KeyType.EC_P384: "secp384r1"}
-_POINT_LENGTH = {KeyType.EC_P256: 65, KeyType.EC_P384: 97}
 _RSA_BY_LENGTH = {256: KeyType.RSA_2048, 384: KeyType.RSA_3072, 512: KeyType.RSA_4096}
 _SIGNATURE_LENGTHS = {
     SignatureAlgorithm.ECDSA_SHA256: (64,),
     SignatureAlgorithm.ECDSA_SHA384: (96,),
     SignatureAlgorithm.RSA_PSS_SHA256: (256, 384, 512),
 }
-OAEP_HASHES = ("sha1", "sha256")
 
 
 class ECCCMSSharedInfo(core.Sequence):
@@ -131,10 +128,10 @@ class SignerReference:
             raise HeaderError("signature length does not fit the signature algorithm")
 
     @staticmethod
-    def length_for(algorithm: SignatureAlgorithm, key_type: KeyType) -> int:
+    def length_for(key_type: KeyType) -> int:
         """The trailer length for a signer key of `key_type`."""
         if key_type.is_ec:
-            return 2 * ((key_type.bits + 7) // 8)
+            return 2 * key_type.field_bytes
         return key_type.bits // 8
 
 
@@ -164,7 +161,7 @@ def ec_entry(key_id: bytes, key_type: KeyType, ephemeral_point: bytes, encrypted
                         "algorithm": {
                             "algorithm": "ec",
                             "parameters": keys.ECDomainParameters(
-                                name="named", value=_CURVES[key_type]
+                                name="named", value=key_type.curve_name
                             ),
                         },
                         "public_key": ephemeral_point,
@@ -305,6 +302,15 @@ def parse_body(body: bytes) -> HeaderBody:
     return HeaderBody(tuple(entries), payload, signer)
 
 
+def recipient_infos(body: bytes) -> dict[bytes, bytes]:
+    """The DER of each RecipientInfo of a body that `parse_body` accepted, by key id.
+
+    A re-wrap keeps the entries it does not change byte for byte (envelope/rewrap.py).
+    """
+    parsed = _HeaderBody.load(body, strict=True)
+    return {_parse_entry(info).key_id: info.dump(force=True) for info in parsed["recipients"]}
+
+
 def _parse_entry(info: Any) -> RecipientEntry:
     if info.name == "kari":
         return _parse_kari(info.chosen)
@@ -330,11 +336,11 @@ def _parse_kari(kari: Any) -> RecipientEntry:
     if algorithm["algorithm"].native != "ec" or algorithm["parameters"].name != "named":
         raise HeaderError("EC recipient entry: ephemeral key is not on a named curve")
     curve = algorithm["parameters"].chosen.native
-    key_type = {v: k for k, v in _CURVES.items()}.get(curve)
+    key_type = next((t for t in KeyType if t.is_ec and t.curve_name == curve), None)
     if key_type is None:
         raise HeaderError(f"EC recipient entry: unsupported curve {curve}")
     point = key["public_key"].native
-    if len(point) != _POINT_LENGTH[key_type] or point[0] != 4:
+    if len(point) != key_type.ec_curve.point_length or point[0] != 4:
         raise HeaderError("EC recipient entry: ephemeral point is not uncompressed")
     kea = kari["key_encryption_algorithm"]
     if kea["algorithm"].native != _ECDH_SHA256KDF:

@@ -8,7 +8,6 @@ here, in software, exactly as RFC 5753 describes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -22,26 +21,22 @@ from cryptography.hazmat.primitives.keywrap import (
     aes_key_wrap,
 )
 
-from hsm_vault.algorithms import KeyType, hash_algorithm, key_type_of, load_spki
+from hsm_vault.algorithms import (
+    OAEP_HASHES,
+    KeyType,
+    hash_algorithm,
+    key_id_of,
+    key_type_of,
+    load_spki,
+)
 from hsm_vault.envelope.format import (
     FILE_KEY_LENGTH,
-    OAEP_HASHES,
     RecipientEntry,
     ec_entry,
     kdf_shared_info,
     rsa_entry,
 )
 from hsm_vault.errors import EnvelopeError, HeaderError, TokenOperationFailed
-
-_EC_CURVES: dict[KeyType, ec.EllipticCurve] = {
-    KeyType.EC_P256: ec.SECP256R1(),
-    KeyType.EC_P384: ec.SECP384R1(),
-}
-
-
-def key_id_of(spki_der: bytes) -> bytes:
-    """The recipient key id: SHA-256 of the DER SubjectPublicKeyInfo."""
-    return hashlib.sha256(spki_der).digest()
 
 
 @dataclass(frozen=True)
@@ -105,7 +100,7 @@ class Randomness:
         return os.urandom(n)
 
     def ephemeral_key(self, key_type: KeyType) -> ec.EllipticCurvePrivateKey:
-        return ec.generate_private_key(_EC_CURVES[key_type])
+        return ec.generate_private_key(key_type.curve)
 
     def rsa_oaep_encrypt(self, public: rsa.RSAPublicKey, hash_name: str, message: bytes) -> bytes:
         chosen = hash_algorithm(hash_name)
@@ -141,9 +136,7 @@ def check_entry_point(entry: RecipientEntry) -> None:
     if entry.ephemeral_point is None:
         return
     try:
-        ec.EllipticCurvePublicKey.from_encoded_point(
-            _EC_CURVES[entry.key_type], entry.ephemeral_point
-        )
+        ec.EllipticCurvePublicKey.from_encoded_point(entry.key_type.curve, entry.ephemeral_point)
     except ValueError:
         raise HeaderError("EC recipient entry: ephemeral point is not on the curve") from None
 

@@ -59,6 +59,32 @@ def is_large(src: BinaryIO, chunk_size: int) -> bool:
     return info.st_size - position > 4 * chunk_size
 
 
+def payload_size(plaintext_size: int, chunk_size: int) -> int:
+    """The size of the STREAM payload that seals `plaintext_size` bytes: every chunk gains a
+    tag, and an empty plaintext is one empty final chunk."""
+    chunks = max(1, -(-plaintext_size // chunk_size))
+    return plaintext_size + chunks * TAG_LENGTH
+
+
+def plaintext_size(payload_size: int, chunk_size: int) -> int:
+    """The plaintext size of a STREAM payload of `payload_size` bytes (age's PlaintextSize).
+
+    Raises `PayloadError` for a size no payload can have: a truncated or padded file.
+    """
+    sealed = chunk_size + TAG_LENGTH
+    full, rest = divmod(payload_size, sealed)
+    if payload_size < TAG_LENGTH or (rest == 0 and full == 0):
+        raise PayloadError("the payload is truncated: shorter than one chunk")
+    if rest == 0:
+        return full * chunk_size
+    if rest < TAG_LENGTH or (rest == TAG_LENGTH and full > 0):
+        raise PayloadError(
+            f"the payload's size ({payload_size} bytes) is not one a file can have: "
+            "it was truncated or extended"
+        )
+    return full * chunk_size + rest - TAG_LENGTH
+
+
 def write_all(dst: BinaryIO, data: memoryview) -> None:
     """Write every byte (a raw file may accept fewer than offered)."""
     while len(data):
@@ -263,7 +289,7 @@ class _Writer(threading.Thread):
 
 
 def _blocks(
-    reader: _Reader, block_size: int, trailer_length: int
+    reader: _Reader, trailer_length: int
 ) -> Iterator[tuple[memoryview, bool, bytearray | None]]:
     """Yield (block, is_last, buffer to recycle) from the reader's blocks.
 
@@ -310,7 +336,7 @@ def _run_pipeline(
     writer.start()
     trailer = b""
     try:
-        for block, last, recycle in _blocks(reader, in_size, trailer_length):
+        for block, last, recycle in _blocks(reader, trailer_length):
             body = block[: len(block) - trailer_length] if last else block
             out = writer.buffer()
             n = step(body, last, memoryview(out))

@@ -235,6 +235,20 @@ class BlobStore(ABC):
                 writer.write(chunk)
             return writer.commit()
 
+    def write_with_new_head(
+        self, key: str, head: bytes, source_key: str, skip: int, *, max_size: int | None = None
+    ) -> BlobInfo:
+        """Write `key` as `head` followed by the bytes of `source_key` after its first `skip`.
+
+        How a re-wrap swaps an envelope header: the payload moves inside the store and never
+        travels over the network. `source_key` is left as it is.
+        """
+        with self.open_writer(key, max_size=max_size) as writer:
+            writer.write(head)
+            for chunk in self.read(source_key, skip):
+                writer.write(chunk)
+            return writer.commit()
+
     def exists(self, key: str) -> bool:
         """Whether a committed object is stored under `key`."""
         try:

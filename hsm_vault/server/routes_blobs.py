@@ -7,6 +7,8 @@
 - `GET /v1/blobs/{name}/meta`: metadata as JSON.
 - `GET /v1/blobs`: the caller's blobs, and with `?shared=true` also blobs shared with them.
 - `DELETE /v1/blobs/{name}`: the owner only.
+- `PUT /v1/blobs/{name}/header`: a re-wrap; the body is the new envelope header, `If-Match`
+  the blob's ETag. The payload stays in the store; the recipients follow the new header.
 
 Blob names are per owner; another user's blob is named with `?owner=USER`. The owner and the
 blob's recipients (users with an approved card whose key id the envelope header names) may
@@ -27,9 +29,9 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlalchemy import Row, bindparam, delete, func, select
+from sqlalchemy import Row, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -146,14 +148,19 @@ def recipient_key_ids_of(prefix: bytes) -> tuple[int, list[str]] | None:
 
 
 def key_ids_of_user(db: Session, user: User) -> set[str]:
-    """Key ids (lower-case hex SHA-256 of the SPKI) of the user's approved cards."""
+    """Key ids (lower-case hex SHA-256 of the SPKI) of the user's approved cards.
+
+    A superseded card (its holder rotated to a new one) still counts: its key is still the
+    holder's, who must be able to re-wrap what was addressed to it (`rewrap --store`).
+    """
     from hsm_vault.cards import Card
     from hsm_vault.errors import CardError
     from hsm_vault.server.db import CardRecord, CardStatus
 
     texts = db.scalars(
         select(CardRecord.text).where(
-            CardRecord.owner_id == user.id, CardRecord.status == CardStatus.APPROVED.value
+            CardRecord.owner_id == user.id,
+            CardRecord.status.in_((CardStatus.APPROVED.value, CardStatus.SUPERSEDED.value)),
         )
     ).all()
     found = set()
@@ -558,3 +565,121 @@ def delete_blob(
     # The record goes first: a crash in between leaves an orphan object, never a dangling name.
     store.delete(storage_key)
     return Response(status_code=204)
+
+
+# --- re-wrap: swap an envelope header, the payload stays in the store ----------------------------
+
+
+@router.put(
+    "/{name}/header",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def replace_blob_header(
+    name: str,
+    request: Request,
+    db: DbDep,
+    user: CurrentUser,
+    store: StoreDep,
+    limits: BlobSettingsDep,
+    owner: str | None = None,
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+) -> dict[str, Any]:
+    """Replace a blob's envelope header (a re-wrap), keeping its payload bytes.
+
+    `If-Match` must carry the blob's current ETag (its SHA-256): a blob that changed since
+    the caller read its header answers 412. The owner may give any header that fits the
+    payload; a recipient who is not the owner may change only the entries of their own
+    cards. The new blob is written beside the old one and swapped in one transaction; the
+    readers follow the new header's recipients.
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > HEADER_PEEK_BYTES:
+            raise _too_large(f"an envelope header is at most {HEADER_PEEK_BYTES} bytes")
+    return await run_in_threadpool(
+        _swap_header, db, user, store, limits, owner, name, bytes(body), if_match
+    )
+
+
+def _stored_header(store: BlobStore, record: BlobRecord) -> Any:
+    from hsm_vault.envelope import read_header
+    from hsm_vault.errors import EnvelopeError
+
+    if record.envelope_version is None:
+        raise Problem(409, f"{record.name} is not an hsm-vault envelope: it has no header")
+    try:
+        prefix = b"".join(store.read(record.storage_key, 0, PREFIX_LENGTH - 1))
+        length = int.from_bytes(prefix[-4:], "big")
+        rest = b"".join(
+            store.read(record.storage_key, PREFIX_LENGTH, PREFIX_LENGTH + length + MAC_LENGTH - 1)
+        )
+        return read_header(io.BytesIO(prefix + rest))
+    except EnvelopeError:
+        raise Problem(409, f"the stored header of {record.name} does not parse") from None
+
+
+def _swap_header(
+    db: Session,
+    user: User,
+    store: BlobStore,
+    limits: BlobSettings,
+    owner: str | None,
+    name: str,
+    body: bytes,
+    if_match: str | None,
+) -> dict[str, Any]:
+    from hsm_vault.envelope import read_header
+    from hsm_vault.envelope.rewrap import check_rewrap
+    from hsm_vault.errors import EnvelopeError
+
+    if not if_match:
+        raise Problem(428, "send If-Match with the blob's ETag (the SHA-256 its header came from)")
+    record = _readable_blob(db, user, owner, name)
+    if if_match.strip().removeprefix("W/").strip('"') != record.sha256:
+        raise Problem(412, f"{name} changed since its header was read; read it again")
+    try:
+        new = read_header(io.BytesIO(body))
+        if len(new.raw) != len(body):
+            raise Problem(422, "the body must be exactly one envelope header")
+        old = _stored_header(store, record)
+        mine = None
+        if record.owner_id != user.id:
+            mine = {bytes.fromhex(k) for k in key_ids_of_user(db, user)}
+        check_rewrap(old, new, only=mine)
+    except EnvelopeError as exc:
+        raise Problem(422, f"the new header does not fit {name}: {exc.message}") from None
+    size = record.size - len(old.raw) + len(new.raw)
+    owner_name = _owner_name(db, record, user)
+    if size > limits.max_blob_bytes:
+        raise _too_large(f"the blob would be over the limit of {limits.max_blob_bytes} bytes")
+    if _used_bytes(db, record.owner_id) - record.size + size > limits.quota_bytes:
+        raise _too_large(_quota_message(limits, _used_bytes(db, record.owner_id), size))
+    old_key = record.storage_key
+    info = store.write_with_new_head(new_blob_key(), new.raw, old_key, len(old.raw))
+    try:
+        swapped = db.execute(
+            update(BlobRecord)
+            .where(BlobRecord.id == record.id, BlobRecord.storage_key == old_key)
+            .values(storage_key=info.key, size=info.size, sha256=info.sha256)
+        )
+        if swapped.rowcount != 1:  # type: ignore[attr-defined]
+            raise Problem(412, f"{name} changed while its header was being swapped")
+        db.execute(delete(BlobRecipient).where(BlobRecipient.blob_id == record.id))
+        db.add_all(BlobRecipient(blob_id=record.id, key_id=k) for k in sorted(set(new.key_ids())))
+        db.commit()
+    except BaseException:
+        db.rollback()
+        store.delete(info.key)
+        raise
+    # The record goes first, as in delete: a crash in between leaves an orphan, never a gap.
+    store.delete(old_key)
+    db.expire(record)
+    return blob_metadata(record, owner_name)

@@ -1,8 +1,11 @@
 """Routes of the card directory: publish, pending, approve, reject, search, get, revoke.
 
 The server checks every card it is given as fully as a client would (self signature, token
-protection, rotation signature), but clients never rely on that: they verify the cards and
-revocations they fetch against the application key they pinned.
+protection, rotation signature, officer approvals under the policy in force), but clients
+never rely on that: they verify the cards and revocations they fetch against the application
+key and the signed policy they pinned. Approval follows the policy in force: with
+`approvals` N > 0 each officer of the policy signs the card on their own token, no one
+approves their own card, and the application key signs once N officers have.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from hsm_vault.cards.model import (
@@ -21,13 +24,13 @@ from hsm_vault.cards.model import (
     Card,
     CardSignature,
     RevocationReason,
-    TrustPolicy,
     now_utc,
-    verify_card,
 )
-from hsm_vault.cards.revocation import RevocationStatement, verify_revocation
-from hsm_vault.errors import CardVerificationError
+from hsm_vault.cards.revocation import RevocationStatement
+from hsm_vault.config import attestation_roots
+from hsm_vault.errors import CardError, CardVerificationError
 from hsm_vault.server.appkey import ApplicationKey
+from hsm_vault.server.approvals import current_policy, require_policy, sign_and_publish
 from hsm_vault.server.auth import (
     Authenticated,
     BearerDep,
@@ -35,11 +38,18 @@ from hsm_vault.server.auth import (
     DbDep,
     OfficerUser,
     SettingsDep,
-    end_read,
     run_authenticated,
 )
 from hsm_vault.server.db import CardRecord, CardStatus, Role, User, utcnow
 from hsm_vault.server.problems import Problem, problem_responses
+from hsm_vault.trust import (
+    APP,
+    SignedPolicy,
+    TrustPolicy,
+    officer_signer,
+    verify_card,
+    verify_revocation,
+)
 
 router = APIRouter(
     prefix="/v1/cards",
@@ -47,7 +57,7 @@ router = APIRouter(
     responses=problem_responses(401, 403, 404, 409, 413, 422, 429),
 )
 
-APP_SIGNER = "app"
+APP_SIGNER = APP
 CARD_ID_PATTERN = r"^[0-9a-f]{64}$"
 CardIdPath = Annotated[str, Path(pattern=CARD_ID_PATTERN, description="hex SHA-256 card id")]
 
@@ -58,6 +68,14 @@ class PublishIn(BaseModel):
 
 class RejectIn(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class ApproveIn(BaseModel):
+    signature: dict[str, Any] | None = Field(
+        None,
+        description="the officer's signature entry (signer officer:<username>) over the card "
+        "id, made on the officer's token; needed when the policy requires approvals",
+    )
 
 
 class RevokeIn(BaseModel):
@@ -82,6 +100,10 @@ class CardOut(BaseModel):
     reject_reason: str | None = None
     revocation: str | None = Field(None, description="the signed revocation statement")
     revoked_at: dt.datetime | None = None
+    second_card: bool = Field(
+        default=False,
+        description="pending cards: the identity has an approved card this one does not replace",
+    )
 
 
 class CardListOut(BaseModel):
@@ -139,54 +161,16 @@ def _may_see(user: User, record: CardRecord) -> bool:
     return public or record.owner_id == user.id or user.role_enum.includes(Role.OFFICER)
 
 
-def _approval(record: CardRecord, app_key: ApplicationKey, by: str) -> dict[str, Any]:
-    """The approved record's new values: the card with the app signature (made on the
-    server's token), its status, when and by whom."""
-    card = Card.from_text(record.text)
-    verify_card(card, TrustPolicy.self_only())
-    signature = CardSignature(
-        signer=APP_SIGNER,
-        key_id=bytes.fromhex(app_key.info.fingerprint),
-        algorithm=app_key.info.algorithm,
-        signature=app_key.sign(card.signing_message(APP_SIGNER)),
-    )
-    signed = card.with_signature(signature)
-    verify_card(signed, TrustPolicy.with_app_key(app_key.info.spki_der))
-    return {
-        "text": signed.to_text(),
-        "status": CardStatus.APPROVED.value,
-        "decided_at": utcnow(),
-        "decided_by": by,
-    }
-
-
-def _supersede_previous(db: Session, record: CardRecord) -> None:
-    if record.previous_id:
-        db.execute(
-            update(CardRecord)
-            .where(
-                CardRecord.id == record.previous_id,
-                CardRecord.status == CardStatus.APPROVED.value,
-            )
-            .values(status=CardStatus.SUPERSEDED.value, superseded_by=record.id)
+def _second_card(db: Session, record: CardRecord) -> bool:
+    """Whether approving `record` would give its identity a second current card."""
+    others = db.scalars(
+        select(CardRecord.id).where(
+            CardRecord.identity == record.identity,
+            CardRecord.status == CardStatus.APPROVED,
+            CardRecord.id != record.id,
         )
-
-
-def _decide(db: Session, record: CardRecord, expected: CardStatus, **values: Any) -> None:
-    """Write `values` only if the card is still in state `expected` (409 otherwise).
-
-    A conditional UPDATE, so the same card approved (or revoked) on two replicas at once is
-    decided once; the loser is told it was decided meanwhile.
-    """
-    done = db.execute(
-        update(CardRecord)
-        .where(CardRecord.id == record.id, CardRecord.status == expected.value)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
-        db.rollback()
-        raise Problem(409, f"card {record.id} was decided by someone else at the same time")
+    ).all()
+    return any(other != record.previous_id for other in others)
 
 
 @router.post("", response_model=CardOut, status_code=201)
@@ -208,8 +192,14 @@ def publish_card(
         if old.status != CardStatus.APPROVED:
             raise Problem(409, f"the card it replaces is {old.status}, not approved")
         previous = Card.from_text(old.text)
+    # The policy's attestation rule, and a stated attestation must verify to our roots.
+    rules = current_policy(db)
+    trust = TrustPolicy(
+        require_attestation=rules is not None and rules.body.require_attestation,
+        attestation_roots=attestation_roots(),
+    )
     try:
-        verify_card(card, TrustPolicy.self_only(), previous=previous)
+        verify_card(card, trust, previous=previous)
     except CardVerificationError as exc:
         raise Problem(422, f"the card does not verify: {exc.message}") from None
     if db.get(CardRecord, card.id) is not None:
@@ -223,11 +213,9 @@ def publish_card(
         previous_id=card.previous_id,
         published_at=utcnow(),
     )
-    if settings.auto_approve:
-        for field, value in _approval(record, _app_key(request), "auto-approve").items():
-            setattr(record, field, value)
-        _supersede_previous(db, record)
     db.add(record)
+    if settings.auto_approve and require_policy(db).body.approvals == 0:
+        sign_and_publish(db, record, _app_key(request), by="auto-approve")
     db.commit()
     return _out(record, user.name)
 
@@ -262,7 +250,8 @@ async def search_cards(
 
 @router.get("/pending", response_model=CardListOut)
 def pending_cards(_officer: OfficerUser, db: DbDep) -> CardListOut:
-    """Cards waiting for approval (officers only)."""
+    """Cards waiting for approval (officers only), each saying whether it would be a second
+    current card for its identity."""
     records = list(
         db.scalars(
             select(CardRecord)
@@ -270,7 +259,10 @@ def pending_cards(_officer: OfficerUser, db: DbDep) -> CardListOut:
             .order_by(CardRecord.published_at)
         )
     )
-    return _list_out(db, records)
+    listing = _list_out(db, records)
+    for out, record in zip(listing.cards, records, strict=True):
+        out.second_card = _second_card(db, record)
+    return listing
 
 
 @router.get("/mine", response_model=CardListOut)
@@ -292,9 +284,45 @@ def get_card(card_id: CardIdPath, user: CurrentUser, db: DbDep) -> CardOut:
     record = _get_record(db, card_id)
     if not _may_see(user, record):
         raise Problem(404, f"no card {card_id}")
-    found = _list_out(db, [record]).cards[0]
-    end_read(db)
-    return found
+    return _list_out(db, [record]).cards[0]
+
+
+def _officer_approval(
+    record: CardRecord, card: Card, policy: SignedPolicy, officer: User, body: ApproveIn | None
+) -> Card:
+    """The card with `officer`'s checked approval added (policy approvals > 0)."""
+    entry = policy.body.officer(officer.name)
+    if entry is None:
+        raise Problem(
+            403,
+            f"{officer.name!r} is not an officer of the server policy (serial "
+            f"{policy.serial}): only its officers approve cards",
+        )
+    if body is None or body.signature is None:
+        raise Problem(
+            422,
+            f"the server policy requires {policy.body.approvals} officer approval(s) signed "
+            "on the officers' tokens: approve with 'hsm-vault card approve'",
+        )
+    try:
+        signature = CardSignature.from_json(body.signature)
+    except CardError as exc:
+        raise Problem(422, f"the approval is malformed: {exc.message}") from None
+    signer = officer_signer(officer.name)
+    if signature.signer != signer:
+        raise Problem(422, f"your approval must be signed as {signer!r}")
+    if entry.identity == card.identity:
+        raise Problem(403, "no one may approve their own card")
+    if card.signature_by(signer) is not None:
+        raise Problem(409, f"you approved card {record.id} already")
+    signed = card.with_signature(signature)
+    try:
+        verify_card(
+            signed, TrustPolicy(trusted={signer: (entry.spki_der,)}, check_attestation=False)
+        )
+    except CardVerificationError as exc:
+        raise Problem(422, f"your approval does not verify: {exc.message}") from None
+    return signed
 
 
 @router.post("/{card_id}/approve", response_model=CardOut)
@@ -303,20 +331,39 @@ def approve_card(
     officer: OfficerUser,
     db: DbDep,
     request: Request,
+    body: ApproveIn | None = None,
 ) -> CardOut:
-    """Approve a pending card: the server signs it with the application key (officers only)."""
-    record = _get_record(db, card_id)
+    """Approve a pending card (officers only; never their own).
+
+    Under a policy with approvals N > 0 the request carries the officer's signature made on
+    their token; the card stays pending, collecting approvals, until N officers of the policy
+    have signed, and then the server signs it with the application key. With N = 0 the
+    application key alone signs at once.
+    """
+    record = db.get(CardRecord, card_id, with_for_update=True)
+    if record is None:
+        raise Problem(404, f"no card {card_id}")
+    if record.status == CardStatus.APPROVED:
+        raise Problem(409, f"card {card_id} is approved already")
     if record.status != CardStatus.PENDING:
         raise Problem(409, f"card {card_id} is {record.status}, not pending")
+    if record.owner_id == officer.id:
+        raise Problem(403, "no one may approve their own card")
     if record.previous_id is not None:
         previous = db.get(CardRecord, record.previous_id)
         if previous is None or previous.status != CardStatus.APPROVED:
             state = previous.status if previous else "gone"
             raise Problem(409, f"the card this one replaces is {state} now, not approved")
-    _decide(db, record, CardStatus.PENDING, **_approval(record, _app_key(request), officer.name))
-    _supersede_previous(db, record)
+    policy = require_policy(db)
+    if policy.body.approvals == 0:
+        sign_and_publish(db, record, _app_key(request), by=officer.name)
+    else:
+        card = _officer_approval(record, Card.from_text(record.text), policy, officer, body)
+        approvers = [o for o in policy.body.officers if card.signature_by(o.signer)]
+        record.text = card.to_text()
+        if len(approvers) >= policy.body.approvals:
+            sign_and_publish(db, record, _app_key(request), by=officer.name)
     db.commit()
-    db.refresh(record)
     return _list_out(db, [record]).cards[0]
 
 
@@ -331,17 +378,11 @@ def reject_card(
     record = _get_record(db, card_id)
     if record.status != CardStatus.PENDING:
         raise Problem(409, f"card {card_id} is {record.status}, not pending")
-    _decide(
-        db,
-        record,
-        CardStatus.PENDING,
-        status=CardStatus.REJECTED.value,
-        reject_reason=body.reason,
-        decided_at=utcnow(),
-        decided_by=officer.name,
-    )
+    record.status = CardStatus.REJECTED.value
+    record.reject_reason = body.reason
+    record.decided_at = utcnow()
+    record.decided_by = officer.name
     db.commit()
-    db.refresh(record)
     return _list_out(db, [record]).cards[0]
 
 
@@ -369,6 +410,8 @@ def revoke_card(
         raise Problem(409, f"card {card_id} is revoked already")
     if record.status == CardStatus.REJECTED:
         raise Problem(409, f"card {card_id} was rejected; there is nothing to revoke")
+    if record.status == CardStatus.PENDING and record.owner_id != user.id:
+        raise Problem(409, f"card {card_id} is pending: reject it instead of revoking it")
     app_key = _app_key(request)
     card = Card.from_text(record.text)
     if body.statement is not None:
@@ -397,14 +440,8 @@ def revoke_card(
             "send a revocation statement signed with the card's key "
             "(or ask an officer to revoke it)",
         )
-    _decide(
-        db,
-        record,
-        CardStatus(record.status),
-        revocation=statement.to_text(),
-        revoked_at=utcnow(),
-        status=CardStatus.REVOKED.value,
-    )
+    record.revocation = statement.to_text()
+    record.revoked_at = utcnow()
+    record.status = CardStatus.REVOKED.value
     db.commit()
-    db.refresh(record)
     return _list_out(db, [record]).cards[0]

@@ -1,4 +1,9 @@
-"""Find the PKCS#11 module: --module, HSM_VAULT_PKCS11_MODULE, the config file, p11-kit."""
+"""Find the PKCS#11 module: --module, HSM_VAULT_PKCS11_MODULE, the config file, p11-kit.
+
+A module named by the user is used alone. Without one, every module in p11-kit's registry is
+a candidate (in the registry's order), and the token layer uses the one that holds the token
+asked for; `token list` shows the tokens of all of them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hsm_vault.errors import ModuleNotFound
+from hsm_vault.token.profiles import profile_for_module_file
 
 MODULE_ENV = "HSM_VAULT_PKCS11_MODULE"
 P11KIT_MODULE_DIRS = ("/etc/pkcs11/modules", "/usr/share/p11-kit/modules")
@@ -17,14 +23,38 @@ P11KIT_LIB_DIRS = (
     "/usr/lib/pkcs11",
     "/usr/lib64/pkcs11",
 )
-# Modules the p11-kit registry lists that are no use for keys (the CA trust store).
+# Modules the p11-kit registry lists that hold no keys (the CA trust store).
 _SKIP = ("p11-kit-trust",)
+REGISTRY = "p11-kit registry"
 
 
 @dataclass(frozen=True)
 class ModuleChoice:
     path: str
     source: str  # where it came from, for `token list` and error messages
+
+
+@dataclass(frozen=True)
+class ModuleSearch:
+    """The modules to look in for a token, and what was passed over and why."""
+
+    choices: tuple[ModuleChoice, ...]
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def explicit(self) -> bool:
+        return len(self.choices) == 1 and self.choices[0].source != REGISTRY
+
+    def describe(self) -> str:
+        """'module M (from --module)' or 'modules A, B (from the p11-kit registry)'."""
+        if self.explicit:
+            choice = self.choices[0]
+            return f"module {choice.path} (from {choice.source})"
+        paths = ", ".join(c.path for c in self.choices) or "none"
+        text = f"modules {paths} (from the {REGISTRY})"
+        if self.skipped:
+            text += "; not loaded: " + "; ".join(self.skipped)
+        return text
 
 
 def _p11kit_registry() -> list[str]:
@@ -55,26 +85,46 @@ def _p11kit_registry() -> list[str]:
     return found
 
 
-def resolve_module(explicit: str | None, configured: str | None) -> ModuleChoice:
-    """The module to load, from the first place that names one; raise listing what was tried."""
-    tried: list[str] = []
+def _named_module(explicit: str | None, configured: str | None) -> ModuleChoice | None:
     for source, value in (
         ("--module", explicit),
         (MODULE_ENV, os.environ.get(MODULE_ENV)),
         ("config file", configured),
     ):
         if not value:
-            tried.append(f"{source}: not set")
             continue
         if os.path.exists(value):
             return ModuleChoice(value, source)
         raise ModuleNotFound(f"PKCS#11 module {value} (from {source}) does not exist")
+    return None
+
+
+def find_modules(explicit: str | None, configured: str | None) -> ModuleSearch:
+    """The module the user named, else every usable module of p11-kit's registry."""
+    named = _named_module(explicit, configured)
+    if named is not None:
+        return ModuleSearch((named,))
+    choices: list[ModuleChoice] = []
+    skipped: list[str] = []
     registry = _p11kit_registry()
     for path in registry:
-        if os.path.exists(path):
-            return ModuleChoice(path, "p11-kit registry")
-    tried.append(
-        "p11-kit registry: "
-        + (", ".join(registry) + " (missing)" if registry else "no modules registered")
-    )
-    raise ModuleNotFound("no PKCS#11 module found; tried " + "; ".join(tried))
+        profile = profile_for_module_file(path)
+        if not os.path.exists(path):
+            skipped.append(f"{path} (missing)")
+        elif not profile.discoverable():
+            needs = " or ".join(profile.discover_when)
+            skipped.append(f"{path} (needs {needs})")
+        else:
+            choices.append(ModuleChoice(path, REGISTRY))
+    if not choices:
+        tried = "; ".join(skipped) if skipped else "no modules registered"
+        raise ModuleNotFound(
+            "no PKCS#11 module found: --module, HSM_VAULT_PKCS11_MODULE and the config file "
+            f"name none, and the {REGISTRY} has none usable ({tried})"
+        )
+    return ModuleSearch(tuple(choices), tuple(skipped))
+
+
+def resolve_module(explicit: str | None, configured: str | None) -> ModuleChoice:
+    """The first module to use: the one named, else the first usable registered module."""
+    return find_modules(explicit, configured).choices[0]

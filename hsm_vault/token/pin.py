@@ -50,6 +50,10 @@ class PinSource:
     env_var: str = PIN_ENV
     prompt: str = "PIN for token {token}: "
     interactive: bool = True
+    what: str = "PIN"
+    """What the secret is called in errors ('PIN', 'PIV management key')."""
+    hint: str | None = None
+    """The hint of `PinUnavailable` when there is none (default: the PIN's)."""
 
     def get(self, token_label: str) -> Pin:
         if self.pin_file is not None:
@@ -57,11 +61,12 @@ class PinSource:
                 text = self.pin_file.read_text()
             except OSError as exc:
                 raise PinUnavailable(
-                    f"cannot read PIN file {self.pin_file}: {exc.strerror}"
+                    f"cannot read {self.what} file {self.pin_file}: {exc.strerror}",
+                    hint=self.hint,
                 ) from None
             value = text.splitlines()[0] if text else ""
             if not value:
-                raise PinUnavailable(f"PIN file {self.pin_file} is empty")
+                raise PinUnavailable(f"{self.what} file {self.pin_file} is empty", hint=self.hint)
             return Pin(value)
         from_env = os.environ.get(self.env_var)
         if from_env:
@@ -70,4 +75,4 @@ class PinSource:
             typed = getpass.getpass(self.prompt.format(token=token_label))
             if typed:
                 return Pin(typed)
-        raise PinUnavailable(f"no PIN for token {token_label!r}")
+        raise PinUnavailable(f"no {self.what} for token {token_label!r}", hint=self.hint)

@@ -10,119 +10,59 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import pkcs11
-from asn1crypto.core import OctetString
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from pkcs11 import KDF, MGF, Attribute, Mechanism, ObjectClass, TokenFlag
-from pkcs11 import KeyType as P11KeyType
+from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
-from pkcs11.util.ec import encode_ecdsa_signature, encode_named_curve_parameters
+from pkcs11.util.ec import encode_ecdsa_signature
 
-from hsm_vault.algorithms import KeyType, hash_algorithm, key_type_of, spki_fingerprint
+from hsm_vault.algorithms import KeyType, hash_algorithm, key_type_of, load_spki, spki_fingerprint
 from hsm_vault.errors import (
     AmbiguousKey,
-    AmbiguousToken,
     DuplicateLabel,
+    HsmVaultError,
     KeyNotFound,
     KeyPolicyError,
-    ModuleLoadError,
+    ManagementKeyRefused,
     PinIncorrect,
     PinLocked,
+    TokenCannot,
     TokenLayerError,
-    TokenNotFound,
     TokenOperationFailed,
-    UnsupportedMechanism,
 )
-from hsm_vault.token.module import ModuleChoice, resolve_module
-from hsm_vault.token.pin import PinSource
+from hsm_vault.token import piv
+from hsm_vault.token.capabilities import (
+    GENERAL_TEMPLATES,
+    Capabilities,
+    CapabilityCache,
+    PointEncoding,
+    PSSMode,
+)
+from hsm_vault.token.failures import UNSUPPORTED, cannot, translated
+from hsm_vault.token.library import (
+    SelectedToken,
+    TokenInfo,
+    list_tokens,
+    listed_mechanisms,
+    refresh,
+    select_token,
+)
+from hsm_vault.token.pin import Pin, PinSource
+from hsm_vault.token.probe import (
+    OAEP_MECHANISMS,
+    OAEP_PREFERENCE,
+    ecdh_secret,
+    generate_pair,
+    probe,
+    pss_sign,
+    public_spki,
+)
 from hsm_vault.token.uri import PKCS11URI, format_uri, parse_uri
 
-_CURVE_OIDS = {"secp256r1": "1.2.840.10045.3.1.7", "secp384r1": "1.3.132.0.34"}
-_CURVES: dict[str, ec.EllipticCurve] = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
-_OAEP_MECH = {
-    "sha1": (Mechanism.SHA_1, MGF.SHA1),
-    "sha256": (Mechanism.SHA256, MGF.SHA256),
-    "sha384": (Mechanism.SHA384, MGF.SHA384),
-    "sha512": (Mechanism.SHA512, MGF.SHA512),
-}
-OAEP_PREFERENCE = ("sha256", "sha1")
-
-# Mechanisms hsm-vault uses, for `token info`.
-RELEVANT_MECHANISMS = {
-    Mechanism.EC_KEY_PAIR_GEN: "generate EC keys",
-    Mechanism.RSA_PKCS_KEY_PAIR_GEN: "generate RSA keys",
-    Mechanism.ECDSA: "ECDSA sign (EC cards, file signatures)",
-    Mechanism.ECDH1_DERIVE: "ECDH unwrap (EC recipients)",
-    Mechanism.RSA_PKCS_OAEP: "RSA-OAEP unwrap (RSA recipients)",
-    Mechanism.SHA256_RSA_PKCS_PSS: "RSA-PSS-SHA256 sign (RSA cards, file signatures)",
-}
-
-# python-pkcs11 loads a module once per path and process; after fork() the child must
-# re-initialise it before use (PKCS#11 forbids sharing a library instance across a fork).
-_loaded_in_pid: dict[str, int] = {}
-
-
-def load_library(choice: ModuleChoice) -> Any:
-    """Load (or re-initialise after a fork) the PKCS#11 module."""
-    try:
-        lib = pkcs11.lib(choice.path)
-    except (RuntimeError, OSError, p11e.PKCS11Error) as exc:
-        raise ModuleLoadError(
-            f"cannot load PKCS#11 module {choice.path} (from {choice.source}): {exc}"
-        ) from None
-    pid = os.getpid()
-    if _loaded_in_pid.setdefault(choice.path, pid) != pid:
-        lib.reinitialize()
-        _loaded_in_pid[choice.path] = pid
-    return lib
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    """What a token says about itself."""
-
-    label: str
-    manufacturer: str
-    model: str
-    serial: str
-    flags: tuple[str, ...]
-    slot_id: int
-    module: str
-
-    @property
-    def uri(self) -> str:
-        return format_uri(PKCS11URI(token=self.label, serial=self.serial or None))
-
-    @property
-    def pin_state(self) -> str:
-        """A phrase for the user PIN's try counter, from the token's flags."""
-        if "USER_PIN_LOCKED" in self.flags:
-            return "the token reports the user PIN locked"
-        if "USER_PIN_FINAL_TRY" in self.flags:
-            return "the token reports one try left before it locks"
-        if "USER_PIN_COUNT_LOW" in self.flags:
-            return "the token reports few tries left"
-        return "the token does not report a low try count"
-
-
-def _token_info(token: Any, module: str) -> TokenInfo:
-    flags = tuple(f.name for f in TokenFlag if f.name and f in token.flags)
-    serial = token.serial
-    if isinstance(serial, bytes):
-        serial = serial.decode("ascii", "replace")
-    return TokenInfo(
-        label=token.label,
-        manufacturer=token.manufacturer_id,
-        model=token.model,
-        serial=serial.strip(),
-        flags=flags,
-        slot_id=token.slot.slot_id,
-        module=module,
-    )
+__all__ = ["KeyInfo", "TokenInfo", "TokenSession", "list_tokens", "open_session"]
 
 
 @dataclass(frozen=True)
@@ -140,10 +80,17 @@ class KeyInfo:
     sensitive: bool
     extractable: bool
     capabilities: tuple[str, ...] = field(default=())
+    local_not_reported: bool = False
+    """The token's model reports CKA_LOCAL false even for keys it made, and an officer
+    allowed that model: the key counts as made on the token, and its card says so."""
+    slot: str | None = None
+    """The PIV slot ('9d') on a PIV token, else None."""
 
     @property
     def uri(self) -> str:
-        return format_uri(PKCS11URI(token=self.token.label, object=self.label, id=self.key_id))
+        # A PIV key is named by its slot's id: its label is the module's, not ours.
+        label = None if self.slot else self.label
+        return format_uri(PKCS11URI(token=self.token.label, object=label, id=self.key_id))
 
     @property
     def fingerprint(self) -> str:
@@ -153,7 +100,7 @@ class KeyInfo:
     def protected(self) -> bool:
         """True if the token says the private key was made on it and can never leave it."""
         return (
-            self.local
+            (self.local or self.local_not_reported)
             and self.never_extractable
             and self.always_sensitive
             and self.sensitive
@@ -166,28 +113,6 @@ class KeyInfo:
         )
 
 
-def _spki_from_public(pub: Any) -> tuple[bytes, KeyType]:
-    if pub.key_type == P11KeyType.EC:
-        params = pub[Attribute.EC_PARAMS]
-        from asn1crypto.keys import ECDomainParameters
-
-        curve = ECDomainParameters.load(params).chosen.native
-        if curve not in _CURVES:
-            raise TokenOperationFailed(f"key uses curve {curve}, which hsm-vault does not support")
-        point = OctetString.load(pub[Attribute.EC_POINT]).native
-        key: Any = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[curve], point)
-    elif pub.key_type == P11KeyType.RSA:
-        n = int.from_bytes(pub[Attribute.MODULUS], "big")
-        e = int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big")
-        key = rsa.RSAPublicNumbers(e, n).public_key()
-    else:
-        raise TokenOperationFailed(f"key type {pub.key_type.name} is not supported")
-    spki = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return spki, key_type_of(key)
-
-
 def _bool_attr(obj: Any, attr: Attribute) -> bool:
     try:
         return bool(obj[attr])
@@ -198,10 +123,33 @@ def _bool_attr(obj: Any, attr: Attribute) -> bool:
 class TokenSession:
     """An open, logged-in session on one token. Use through `open_session`."""
 
-    def __init__(self, session: Any, info: TokenInfo) -> None:
+    def __init__(
+        self,
+        session: Any,
+        selected: SelectedToken,
+        cache: CapabilityCache | None = None,
+        allow_unreported_local: tuple[str, ...] = (),
+        *,
+        security_officer: bool = False,
+        context_pin: Pin | None = None,
+        default_management_key: bool = False,
+    ) -> None:
         self._session = session
+        self._selected = selected
+        self.security_officer = security_officer
+        """Logged in with the PIV management key (to make and destroy keys), not the PIN."""
+        self.default_management_key = default_management_key
+        """The management key used is the factory default (allowed by the caller)."""
+        # For keys that want the PIN again before each use (CKA_ALWAYS_AUTHENTICATE: PIV 9c).
+        self._context_pin = context_pin
         self._pid = os.getpid()
-        self.info = info
+        self.info = selected.info
+        self._cache = cache or CapabilityCache()
+        self._capabilities: Capabilities | None = None
+        # An officer may allow a token model that misreports CKA_LOCAL (by model or profile).
+        self._allow_unreported_local = bool(
+            {self.info.model, self.info.profile} & set(allow_unreported_local)
+        )
         self._oaep: dict[bytes, str] = {}
         # Private key objects by CKA_ID: a batch unwraps with the same key many times.
         self._handles: dict[bytes, Any] = {}
@@ -216,6 +164,69 @@ class TokenSession:
                 hint="Open a new session in the child process.",
             )
         return self._session
+
+    # --- what the token can do ---------------------------------------------------------------
+
+    def known_capabilities(self) -> Capabilities | None:
+        """The capabilities measured before (this session or the cache), without probing."""
+        if self._capabilities is None:
+            cached = self._cache.get(self.info.model_key)
+            if cached is None and not self._selected.profile.session_keys:
+                cached = Capabilities(profile=self.info.profile).with_profile(
+                    self._selected.profile
+                )
+            self._capabilities = cached
+        return self._capabilities
+
+    def capabilities(self, *, fresh: bool = False) -> Capabilities:
+        """What this token does: from the cache, or probed now with session keys and cached."""
+        known = None if fresh else self.known_capabilities()
+        if known is not None:
+            return known
+        measured = probe(self._live(), self._selected.token.slot, self._selected.profile)
+        self._cache.put(self.info.model_key, measured)
+        self._capabilities = measured
+        return measured
+
+    @property
+    def piv(self) -> bool:
+        """A PIV token: keys live in slots named by a one-byte id (see `token/piv.py`)."""
+        known = self.known_capabilities()
+        return known.piv if known is not None else self._selected.profile.piv
+
+    def mechanisms(self) -> dict[str, bool]:
+        """Which of the mechanisms hsm-vault uses the slot lists (C_GetMechanismList)."""
+        return listed_mechanisms(self._selected)
+
+    def _cannot_decrypt(self, key_type: KeyType, caps: Capabilities) -> TokenCannot:
+        if key_type.is_ec:
+            what, reason = "do ECDH, so EC keys on it cannot decrypt", caps.why_not("ecdh")
+        else:
+            what, reason = "do RSA-OAEP, so RSA keys on it cannot decrypt", caps.why_not("oaep")
+        best = caps.best_key_type()
+        hint = (
+            f"Make a key of a type it can decrypt with: hsm-vault key generate LABEL --type {best}"
+            if best
+            else "Use another token for keys that decrypt."
+        )
+        return cannot(self.info, what, reason, hint)
+
+    def _cannot_generate(self, key_type: KeyType, caps: Capabilities) -> TokenCannot:
+        best = caps.best_key_type()
+        return cannot(
+            self.info,
+            f"generate {key_type} keys",
+            caps.why_not(str(key_type) if caps.generates else "generate"),
+            f"Choose a type it can make, e.g. --type {best}" if best else None,
+        )
+
+    def check_can_decrypt(self, key: KeyInfo) -> None:
+        """Raise `TokenCannot` if the token cannot unwrap file keys with `key`, by trying it."""
+        if key.key_type.is_ec:
+            peer = _ephemeral_point(key.key_type)
+            self.ecdh(key, peer)
+        else:
+            self.oaep_hash(key)
 
     # --- finding keys ---------------------------------------------------------------------
 
@@ -239,7 +250,11 @@ class TokenSession:
 
     def _describe(self, private: Any) -> KeyInfo:
         public = self._public_for(private)
-        spki, key_type = _spki_from_public(public)
+        try:
+            spki = public_spki(public)
+            key_type = key_type_of(load_spki(spki))
+        except (ValueError, HsmVaultError) as exc:  # a curve or size hsm-vault does not use
+            raise TokenOperationFailed(f"key {private.label!r} is not usable: {exc}") from None
         caps = tuple(
             name
             for name, attr in (
@@ -250,18 +265,26 @@ class TokenSession:
             )
             if _bool_attr(private, attr)
         )
+        local = _bool_attr(private, Attribute.LOCAL)
+        unreported = (
+            not local and self._allow_unreported_local and not self.capabilities().reports_local
+        )
+        key_id = bytes(private[Attribute.ID])
+        slot = piv.slot_of(key_id) if self.piv else None
         return KeyInfo(
             label=private.label or "",
             key_id=bytes(private[Attribute.ID]),
             key_type=key_type,
             spki_der=spki,
             token=self.info,
-            local=_bool_attr(private, Attribute.LOCAL),
+            local=local,
             never_extractable=_bool_attr(private, Attribute.NEVER_EXTRACTABLE),
             always_sensitive=_bool_attr(private, Attribute.ALWAYS_SENSITIVE),
             sensitive=_bool_attr(private, Attribute.SENSITIVE),
             extractable=_bool_attr(private, Attribute.EXTRACTABLE),
             capabilities=caps,
+            local_not_reported=unreported,
+            slot=slot.name if slot else None,
         )
 
     def keys(self) -> list[KeyInfo]:
@@ -269,9 +292,11 @@ class TokenSession:
         found = []
         for private in self._private_objects():
             try:
-                found.append(self._describe(private))
+                info = self._describe(private)
             except (KeyNotFound, TokenOperationFailed):
                 continue  # not a pair hsm-vault can use: leave it out of the list
+            if info.slot != piv.ATTESTATION_SLOT.name:  # the device's own attestation key
+                found.append(info)
         return sorted(found, key=lambda k: (k.label, k.key_id))
 
     def find_key(self, ref: str) -> KeyInfo:
@@ -306,66 +331,91 @@ class TokenSession:
 
     # --- managing keys --------------------------------------------------------------------
 
-    def generate_key(self, label: str, key_type: KeyType) -> KeyInfo:
-        """Generate a non-extractable key pair on the token and check the token honoured it."""
-        if not label or len(label) > 128:
-            raise TokenLayerError("a key label must be 1 to 128 characters")
-        if self._private_objects({Attribute.LABEL: label}):
-            raise DuplicateLabel(f"token {self.info.label!r} already has a key labelled {label!r}")
-        key_id = secrets.token_bytes(16)
-        private_template = {
-            Attribute.TOKEN: True,
-            Attribute.PRIVATE: True,
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
-            Attribute.SIGN: True,
-        }
-        public_template: dict[Attribute, Any] = {Attribute.TOKEN: True, Attribute.VERIFY: True}
-        session = self._live()
-        try:
-            if key_type.is_ec:
-                private_template[Attribute.DERIVE] = True
-                params = session.create_domain_parameters(
-                    P11KeyType.EC,
-                    {
-                        Attribute.EC_PARAMS: encode_named_curve_parameters(
-                            _CURVE_OIDS[key_type.curve_name]
-                        )
-                    },
-                    local=True,
+    def generate_key(
+        self,
+        label: str | None,
+        key_type: KeyType,
+        *,
+        slot: str | None = None,
+        force: bool = False,
+    ) -> KeyInfo:
+        """Generate a non-extractable key pair on the token and check the token honoured it.
+
+        On a PIV token the key goes to `slot` (else the first free decryption slot, 9d first)
+        and the module's fixed label replaces `label`; an occupied slot is overwritten only
+        with `force`. That needs a session logged in with the management key.
+        """
+        known = self.known_capabilities()
+        if known is not None and not known.can_generate(key_type):
+            raise self._cannot_generate(key_type, known)
+        if self.piv:
+            key_id, label = self._piv_slot_for_new_key(slot, force), None
+        else:
+            if not label or len(label) > 128:
+                raise TokenLayerError("a key label must be 1 to 128 characters")
+            if self._private_objects({Attribute.LABEL: label}):
+                raise DuplicateLabel(
+                    f"token {self.info.label!r} already has a key labelled {label!r}"
                 )
-                params.generate_keypair(
-                    store=True,
-                    label=label,
-                    id=key_id,
-                    private_template=private_template,
-                    public_template=public_template,
-                )
-            else:
-                private_template[Attribute.DECRYPT] = True
-                public_template[Attribute.ENCRYPT] = True
-                session.generate_keypair(
-                    P11KeyType.RSA,
-                    key_type.bits,
-                    store=True,
-                    label=label,
-                    id=key_id,
-                    private_template=private_template,
-                    public_template=public_template,
-                )
-        except p11e.MechanismInvalid as exc:
-            raise UnsupportedMechanism(f"token cannot generate {key_type} keys") from exc
-        except p11e.PKCS11Error as exc:
-            raise TokenOperationFailed(f"key generation failed: {type(exc).__name__}") from exc
+            key_id = secrets.token_bytes(16)
+        variants = [known.template] if known else list(GENERAL_TEMPLATES)
+        for n, variant in enumerate(variants, 1):
+            try:
+                with translated(self.info, f"generate {key_type} keys"):
+                    generate_pair(
+                        self._live(), key_type, variant, token=True, label=label, key_id=key_id
+                    )
+                break
+            except (TokenCannot, TokenOperationFailed):
+                if n < len(variants):
+                    continue
+                if known is None:  # learn why: a limit of the token is said as such
+                    measured = self.capabilities()
+                    if not measured.can_generate(key_type):
+                        raise self._cannot_generate(key_type, measured) from None
+                raise
         info = self._describe(self._private_objects({Attribute.ID: key_id})[0])
         if not info.protected:
             self._destroy(info)
+            reason = ""
+            caps = self.capabilities() if not info.local else None
+            if caps is not None and not caps.reports_local:
+                reason = (
+                    f" {caps.why_not('local')}; an officer can allow this token model with "
+                    f"'hsm-vault config set allow-unreported-local {self.info.model!r}'"
+                )
             raise KeyPolicyError(
                 f"token {self.info.label!r} did not keep the new key non-extractable "
                 f"(local={info.local}, never_extractable={info.never_extractable}, "
-                f"always_sensitive={info.always_sensitive}); the key was deleted"
+                f"always_sensitive={info.always_sensitive}); the key was deleted.{reason}"
             )
         return info
+
+    def _require_security_officer(self, what: str) -> None:
+        if not self.security_officer:
+            raise ManagementKeyRefused(
+                f"{what} on PIV token {self.info.label!r} needs the management key",
+                hint="Open the session with the management key (hsm-vault asks for it in "
+                "'key generate' and 'key delete').",
+            )
+
+    def _occupied_slots(self) -> set[int]:
+        session = self._live()
+        return {
+            bytes(obj[Attribute.ID])[0]
+            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+            for obj in session.get_objects({Attribute.CLASS: cls})
+            if bytes(obj[Attribute.ID])
+        }
+
+    def _piv_slot_for_new_key(self, slot: str | None, force: bool) -> bytes:
+        self._require_security_officer("key generation")
+        requested = piv.slot_named(slot) if slot else None
+        chosen = piv.choose_slot(
+            requested, self._occupied_slots(), force=force, token=self.info.label
+        )
+        self._handles.pop(chosen.id_bytes, None)
+        return chosen.id_bytes
 
     def _destroy(self, key: KeyInfo) -> None:
         self._handles.pop(key.key_id, None)
@@ -375,11 +425,23 @@ class TokenSession:
                 obj.destroy()
 
     def delete_key(self, key: KeyInfo) -> None:
-        """Destroy both halves of a key pair. There is no undo."""
-        try:
+        """Destroy both halves of a key pair. There is no undo.
+
+        A PIV card cannot empty a slot (before YubiKey firmware 5.7, and not through ykcs11
+        2.2, whose C_DestroyObject only removes the slot's certificate), so the slot is first
+        overwritten with a fresh key that nobody uses: the old private key is gone for good.
+        """
+        with translated(self.info, "delete the key"):
+            if key.slot is not None:
+                self._require_security_officer("key deletion")
+                generate_pair(
+                    self._live(),
+                    KeyType.EC_P256,
+                    self.capabilities().template,
+                    token=True,
+                    key_id=key.key_id,
+                )
             self._destroy(key)
-        except p11e.PKCS11Error as exc:
-            raise TokenOperationFailed(f"could not delete key: {type(exc).__name__}") from exc
 
     # --- operations -------------------------------------------------------------------------
 
@@ -387,131 +449,186 @@ class TokenSession:
         """Sign `message` with the key's signature algorithm (DER ECDSA, or RSA-PSS-SHA256)."""
         private = self._private(key)
         algorithm = key.key_type.signature_algorithm
-        try:
-            if key.key_type.is_ec:
-                raw = private.sign(algorithm.digest(message), mechanism=Mechanism.ECDSA)
-                return encode_ecdsa_signature(raw)
-            return bytes(
-                private.sign(
-                    message,
-                    mechanism=Mechanism.SHA256_RSA_PKCS_PSS,
-                    mechanism_param=(Mechanism.SHA256, MGF.SHA256, 32),
-                )
+        known = self.known_capabilities()
+        # A key that wants the PIN again for each signature (PIV slot 9c) gets it after
+        # C_SignInit, as PKCS#11 2.40 says; python-pkcs11 does that when given pin=.
+        if not hasattr(private, "sign"):  # python-pkcs11 offers sign() only with CKA_SIGN true
+            raise cannot(
+                self.info,
+                f"sign with key {key.label!r}",
+                known.why_not("sign") if known else "the key is not marked for signing",
+                "Sign through another module for this token (for a YubiKey: Yubico's ykcs11, "
+                "libykcs11.so), or with a key the token lets sign.",
             )
-        except p11e.MechanismInvalid as exc:
-            raise UnsupportedMechanism(f"token cannot sign with {algorithm}") from exc
-        except p11e.PKCS11Error as exc:
-            raise TokenOperationFailed(f"signing failed: {type(exc).__name__}") from exc
+        pin = self._context_pin_for(private)
+        if key.key_type.is_ec:
+            with translated(self.info, f"sign with {algorithm}"):
+                raw = private.sign(algorithm.digest(message), mechanism=Mechanism.ECDSA, pin=pin)
+            return encode_ecdsa_signature(raw)
+        modes = [known.pss] if known and known.pss else list(PSSMode)
+        for n, mode in enumerate(modes, 1):
+            try:
+                with translated(self.info, f"sign with {algorithm}"):
+                    return pss_sign(private, message, mode, pin)
+            except TokenCannot:
+                if n == len(modes):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _context_pin_for(self, private: Any) -> str | None:
+        if not _bool_attr(private, Attribute.ALWAYS_AUTHENTICATE):
+            return None
+        if self._context_pin is None:
+            raise TokenLayerError(
+                f"key {private.label!r} on token {self.info.label!r} wants the PIN again for "
+                "each use, and this session has none",
+                hint="Use the key in a session logged in with the PIN.",
+            )
+        return self._context_pin.reveal()
+
+    def attestation(self, key: KeyInfo) -> tuple[bytes, bytes] | None:
+        """The key's attestation certificate and the device certificate that signed it (DER,
+        unverified: `hsm_vault.attestation` verifies them), or None if the token offers none.
+        """
+        if key.slot is None:
+            return None
+        with translated(self.info, "read the attestation certificates"):
+            return piv.attestation_certificates(self._live(), key.key_id)
 
     def ecdh(self, key: KeyInfo, peer_point: bytes) -> bytes:
         """ECDH1_DERIVE with KDF NULL: the raw shared secret (the x coordinate)."""
         if not key.key_type.is_ec:
             raise TokenOperationFailed(f"key {key.label!r} is not an EC key")
+        known = self.known_capabilities()
+        if known is not None and known.ecdh is None:
+            raise self._cannot_decrypt(key.key_type, known)
         private = self._private(key)
-        size = (key.key_type.bits + 7) // 8
-        try:
-            secret = private.derive_key(
-                P11KeyType.GENERIC_SECRET,
-                size * 8,
-                mechanism=Mechanism.ECDH1_DERIVE,
-                mechanism_param=(KDF.NULL, None, peer_point),
-                template={
-                    Attribute.TOKEN: False,
-                    Attribute.SENSITIVE: False,
-                    Attribute.EXTRACTABLE: True,
-                },
-            )
+        encodings = [known.ecdh] if known and known.ecdh else list(PointEncoding)
+        refused: Exception | None = None
+        failed: Exception | None = None
+        for encoding in encodings:
             try:
-                return bytes(secret[Attribute.VALUE])
-            finally:
-                secret.destroy()
-        except p11e.MechanismInvalid as exc:
-            raise UnsupportedMechanism("token cannot do ECDH1_DERIVE") from exc
-        except p11e.PKCS11Error as exc:
-            # An off-curve or malformed point lands here too (SoftHSM says GeneralError).
-            raise TokenOperationFailed(f"ECDH on the token failed: {type(exc).__name__}") from exc
+                return ecdh_secret(private, key.key_type, peer_point, encoding)
+            except UNSUPPORTED as exc:
+                refused = exc
+            except p11e.PKCS11Error as exc:
+                # An off-curve or malformed point lands here too (SoftHSM says GeneralError).
+                failed = exc
+        if failed is None and refused is not None:  # every way refused: no ECDH on this token
+            reason = f"ECDH1_DERIVE: the token answers {type(refused).__name__}"
+            caps = known or Capabilities(profile=self.info.profile)
+            raise self._cannot_decrypt(key.key_type, replace(caps, reasons={"ecdh": reason}))
+        raise TokenOperationFailed(
+            f"ECDH on token {self.info.label!r} failed: {type(failed).__name__}"
+        )
 
     def rsa_oaep_decrypt(self, key: KeyInfo, ciphertext: bytes, hash_name: str) -> bytes:
-        """RSA-OAEP decrypt on the token with MGF1 of the same hash and no label."""
+        """RSA-OAEP decrypt on the token with MGF1 of the same hash and no label.
+
+        If the token refuses, the key's own OAEP hash tells a hash the token does not take
+        (`TokenCannot`) from a ciphertext that does not decrypt (`TokenOperationFailed`).
+        """
+        try:
+            return self._oaep_decrypt(key, ciphertext, hash_name)
+        except TokenOperationFailed:
+            works = self.oaep_hash(key)
+            if works != hash_name:
+                raise cannot(
+                    self.info,
+                    f"do RSA-OAEP with {hash_name.upper()}",
+                    f"it decrypts RSA-OAEP with {works.upper()} only",
+                    "Ask the sender to encrypt to your card as published: it states the OAEP "
+                    "hash this token takes.",
+                ) from None
+            raise
+
+    def _oaep_decrypt(self, key: KeyInfo, ciphertext: bytes, hash_name: str) -> bytes:
         if key.key_type.is_ec:
             raise TokenOperationFailed(f"key {key.label!r} is not an RSA key")
-        if hash_name not in _OAEP_MECH:
-            raise UnsupportedMechanism(f"unknown OAEP hash {hash_name!r}")
-        mech, mgf = _OAEP_MECH[hash_name]
+        if hash_name not in OAEP_MECHANISMS:
+            raise TokenCannot(f"unknown OAEP hash {hash_name!r}")
+        mech, mgf = OAEP_MECHANISMS[hash_name]
         private = self._private(key)
-        try:
+        # Bad padding and a wrong key look alike here, on purpose.
+        with translated(self.info, f"RSA-OAEP-{hash_name.upper()} decrypt"):
             return bytes(
                 private.decrypt(
                     ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=(mech, mgf, None)
                 )
             )
-        except p11e.MechanismInvalid as exc:
-            raise UnsupportedMechanism("token cannot do RSA-OAEP") from exc
-        except p11e.PKCS11Error as exc:
-            # Bad padding and a wrong key look alike here, on purpose.
-            raise TokenOperationFailed(f"RSA-OAEP decrypt failed: {type(exc).__name__}") from exc
 
     def oaep_hash(self, key: KeyInfo) -> str:
         """The OAEP hash this token accepts for `key`: SHA-256 where it works, else SHA-1."""
         if key.key_id in self._oaep:
             return self._oaep[key.key_id]
-        public = serialization.load_der_public_key(key.spki_der)
+        public = load_spki(key.spki_der)
         assert isinstance(public, rsa.RSAPublicKey)
-        probe = secrets.token_bytes(32)
-        for name in OAEP_PREFERENCE:
+        probe_value = secrets.token_bytes(32)
+        refusals = []
+        known = self.known_capabilities()
+        for name in known.oaep_hashes if known and known.oaep_hashes else OAEP_PREFERENCE:
             chosen = hash_algorithm(name)
             ciphertext = public.encrypt(
-                probe, padding.OAEP(mgf=padding.MGF1(chosen), algorithm=chosen, label=None)
+                probe_value, padding.OAEP(mgf=padding.MGF1(chosen), algorithm=chosen, label=None)
             )
             try:
-                if self.rsa_oaep_decrypt(key, ciphertext, name) == probe:
+                if self._oaep_decrypt(key, ciphertext, name) == probe_value:
                     self._oaep[key.key_id] = name
                     return name
-            except (TokenOperationFailed, UnsupportedMechanism):
-                continue
-        raise UnsupportedMechanism(f"token {self.info.label!r} accepts no RSA-OAEP hash we use")
+            except (TokenOperationFailed, TokenCannot) as exc:
+                refusals.append(exc.message)
+        caps = Capabilities(profile=self.info.profile, reasons={"oaep": "; ".join(refusals)})
+        raise self._cannot_decrypt(key.key_type, caps)
 
 
-def _select_token(lib: Any, choice: ModuleChoice, token: str | None) -> Any:
-    selector: dict[str, str] = {}
-    if token and token.lower().startswith("pkcs11:"):
-        selector = parse_uri(token).token_attributes
-    elif token:
-        selector = {"token_label": token}
+def _ephemeral_point(key_type: KeyType) -> bytes:
+    return (
+        ec.generate_private_key(key_type.curve)
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+
+
+def _login_user(selected: SelectedToken, pin: PinSource | None) -> tuple[Any, Pin]:
+    info = selected.info
+    locked_hint = piv.locked_pin_hint() if selected.profile.piv else None
+    if "USER_PIN_LOCKED" in info.flags:
+        raise PinLocked(f"the user PIN of token {info.label!r} is locked", hint=locked_hint)
+    user_pin = (pin or PinSource()).get(info.label)
     try:
-        tokens = [t for t in lib.get_tokens(**selector) if t.flags & TokenFlag.TOKEN_INITIALIZED]
-    except p11e.PKCS11Error as exc:
-        raise TokenLayerError(f"cannot list tokens of {choice.path}: {type(exc).__name__}") from exc
-    if not tokens:
-        what = f"token {token!r}" if token else "an initialised token"
-        raise TokenNotFound(f"no {what} in module {choice.path}")
-    if len(tokens) > 1:
-        labels = ", ".join(sorted(t.label for t in tokens))
-        raise AmbiguousToken(f"several tokens match ({labels}); choose one with --token")
-    return tokens[0]
+        return selected.token.open(rw=True, user_pin=user_pin.reveal()), user_pin
+    except p11e.PinIncorrect:
+        after = refresh(selected)
+        if "USER_PIN_LOCKED" in after.flags:
+            raise PinLocked(
+                f"wrong PIN for token {info.label!r}; the PIN is now locked", hint=locked_hint
+            ) from None
+        raise PinIncorrect(f"wrong PIN for token {info.label!r}; {after.pin_state}") from None
+    except p11e.PinLocked:
+        raise PinLocked(
+            f"the user PIN of token {info.label!r} is locked", hint=locked_hint
+        ) from None
+    except p11e.PinLenRange:
+        raise PinIncorrect(f"the PIN for token {info.label!r} has the wrong length") from None
 
 
-def list_tokens(module: str | None = None, configured: str | None = None) -> list[TokenInfo]:
-    """Every token in the module's slots (initialised or not). No login."""
-    choice = resolve_module(module, configured)
-    lib = load_library(choice)
+def _login_security_officer(
+    selected: SelectedToken, management_key: PinSource, allow_default: bool
+) -> tuple[Any, bool]:
+    """A session logged in with the PIV management key; whether it is the factory default."""
+    info = selected.info
+    key = management_key.get(info.label)
+    is_default = piv.check_management_key(key, allow_default=allow_default)
     try:
-        return [_token_info(t, choice.path) for t in lib.get_tokens()]
-    except p11e.PKCS11Error as exc:
-        raise TokenLayerError(f"cannot list tokens: {type(exc).__name__}") from exc
-
-
-def token_mechanisms(
-    token: str | None, module: str | None = None, configured: str | None = None
-) -> tuple[TokenInfo, dict[str, bool]]:
-    """The token, and which of the mechanisms hsm-vault uses its slot offers. No login."""
-    choice = resolve_module(module, configured)
-    lib = load_library(choice)
-    tok = _select_token(lib, choice, token)
-    offered = tok.slot.get_mechanisms()
-    return _token_info(tok, choice.path), {
-        f"{m.name}: {use}": m in offered for m, use in RELEVANT_MECHANISMS.items()
-    }
+        return selected.token.open(rw=True, so_pin=key.reveal().strip()), is_default
+    except (p11e.PinIncorrect, p11e.PinLenRange, p11e.ArgumentsBad):
+        raise ManagementKeyRefused(
+            f"wrong management key for PIV token {info.label!r}",
+            hint="Give the key set with 'yubico-piv-tool -a set-mgm-key' (48 hex digits); the "
+            "PIV applet has no retry counter for it, so nothing is locked.",
+        ) from None
+    finally:
+        del key
 
 
 @contextmanager
@@ -522,26 +639,26 @@ def open_session(
     pin: PinSource | None = None,
     configured_module: str | None = None,
     configured_token: str | None = None,
+    allow_unreported_local: tuple[str, ...] = (),
+    management_key: PinSource | None = None,
+    allow_default_management_key: bool = False,
 ) -> Iterator[TokenSession]:
-    """Open a read-write session on one token and log in once; log out and close on exit."""
-    choice = resolve_module(module, configured_module)
-    lib = load_library(choice)
-    tok = _select_token(lib, choice, token or configured_token)
-    info = _token_info(tok, choice.path)
-    if "USER_PIN_LOCKED" in info.flags:
-        raise PinLocked(f"the user PIN of token {info.label!r} is locked")
-    user_pin = (pin or PinSource()).get(info.label)
+    """Open a read-write session on one token and log in once; log out and close on exit.
+
+    With `management_key`, a PIV token is logged in as security officer with its management
+    key instead of the PIN (to generate and delete keys); other tokens ignore it.
+    """
+    selected = select_token(token or configured_token, module, configured_module)
+    info = selected.info
+    user_pin: Pin | None = None
+    is_default = False
     try:
-        session = tok.open(rw=True, user_pin=user_pin.reveal())
-    except p11e.PinIncorrect:
-        after = _token_info(lib.get_token(token_serial=tok.serial), choice.path)
-        if "USER_PIN_LOCKED" in after.flags:
-            raise PinLocked(f"wrong PIN for token {info.label!r}; the PIN is now locked") from None
-        raise PinIncorrect(f"wrong PIN for token {info.label!r}; {after.pin_state}") from None
-    except p11e.PinLocked:
-        raise PinLocked(f"the user PIN of token {info.label!r} is locked") from None
-    except p11e.PinLenRange:
-        raise PinIncorrect(f"the PIN for token {info.label!r} has the wrong length") from None
+        if management_key is not None and selected.profile.piv:
+            session, is_default = _login_security_officer(
+                selected, management_key, allow_default_management_key
+            )
+        else:
+            session, user_pin = _login_user(selected, pin)
     except p11e.UserAlreadyLoggedIn:
         raise TokenLayerError(
             f"this process is already logged in to token {info.label!r}",
@@ -549,9 +666,15 @@ def open_session(
         ) from None
     except p11e.PKCS11Error as exc:
         raise TokenLayerError(f"cannot open token {info.label!r}: {type(exc).__name__}") from None
-    finally:
-        del user_pin
-    opened = TokenSession(session, info)
+    opened = TokenSession(
+        session,
+        selected,
+        allow_unreported_local=allow_unreported_local,
+        security_officer=user_pin is None,
+        context_pin=user_pin if selected.profile.piv else None,
+        default_management_key=is_default,
+    )
+    del user_pin
     try:
         yield opened
     finally:

@@ -88,16 +88,6 @@ class PKCS11URI:
         if self.type is not None and self.type not in OBJECT_TYPES:
             raise URIError(f"unknown PKCS#11 URI object type {self.type!r}")
 
-    @property
-    def token_attributes(self) -> dict[str, str]:
-        """The attributes that select a token, as python-pkcs11 `get_token` keywords."""
-        out = {}
-        if self.token is not None:
-            out["token_label"] = self.token
-        if self.serial is not None:
-            out["token_serial"] = self.serial
-        return out
-
     def __str__(self) -> str:
         return format_uri(self)
 

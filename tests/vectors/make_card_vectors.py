@@ -157,6 +157,8 @@ ALICE_384 = ec_key("alice-p384", ec.SECP384R1())
 BOB_RSA = rsa_key("bob-rsa2048", 2048)
 APP = ec_key("server-app", ec.SECP256R1())
 MALLORY = ec_key("mallory-p256", ec.SECP256R1())
+OLGA = ec_key("olga-p256", ec.SECP256R1())
+OSCAR = ec_key("oscar-p256", ec.SECP256R1())
 K256 = ec.derive_private_key(_seed_int("secp256k1") % 2**250 + 1, ec.SECP256K1())
 RSA1024 = rsa_key("rsa1024", 1024)
 
@@ -1250,6 +1252,325 @@ def build() -> None:
     )
 
 
+def officer_policy(approvals: int, *officers: tuple[str, str, Card, KeyT]) -> str:
+    """A policy (serial 2, app-signed) naming `officers` (username, identity, card, key)."""
+    from hsm_vault.trust import PolicyBody, PolicyOfficer, SignedPolicy
+    from hsm_vault.trust.policy import sign_policy
+
+    body = PolicyBody(
+        serial=2,
+        app_key_id=key_id_of(spki(APP)).hex(),
+        approvals=approvals,
+        officers=tuple(
+            PolicyOfficer(name, identity, card.id, key_type_of_key(key), spki(key))
+            for name, identity, card, key in sorted(officers, key=lambda o: o[0])
+        ),
+        created_at=CREATED,
+        previous="0" * 64,
+    )
+    policy = sign_policy(SignedPolicy(body), "app", spki(APP), alg_of(APP), signer_for(APP))
+    return policy.to_text()
+
+
+def build_officers() -> None:
+    """V8, V9 and officer signatures under V6: cards checked against a signed server policy."""
+    olga_card = add_sig(make_card(OLGA, "olga", identity_type="username"), "app", APP)
+    oscar_card = add_sig(make_card(OSCAR, "oscar", identity_type="username"), "app", APP)
+    olga = ("olga", "olga", olga_card, OLGA)
+    oscar = ("oscar", "oscar", oscar_card, OSCAR)
+    both = officer_policy(2, olga, oscar)
+    one = officer_policy(1, olga, oscar)
+    trust_app = [f"app {spki(APP).hex()}"]
+    alice = add_sig(make_card(ALICE), "app", APP)
+    approved = add_sig(add_sig(alice, "officer:olga", OLGA), "officer:oscar", OSCAR)
+    common = {"trust": trust_app, "require": ["app"]}
+    vector(
+        "ok-officers-approved",
+        "ok",
+        "success",
+        "self, app and the two officer approvals the policy requires",
+        approved.to_text(),
+        policy=both,
+        **common,
+    )
+    vector(
+        "ok-officer-card-named",
+        "ok",
+        "success",
+        "an officer's own card, named in the policy, needs no officer approvals",
+        olga_card.to_text(),
+        policy=both,
+        **common,
+    )
+    vector(
+        "v8-one-of-two-approvals",
+        "V8",
+        "verification failure",
+        "one officer approval where the policy requires two",
+        add_sig(alice, "officer:olga", OLGA).to_text(),
+        policy=both,
+        **common,
+    )
+    vector(
+        "v8-app-alone",
+        "V8",
+        "verification failure",
+        "the application key alone (what a compromised server can make)",
+        alice.to_text(),
+        policy=one,
+        **common,
+    )
+    vector(
+        "v8-unknown-officer",
+        "V8",
+        "verification failure",
+        "approved by someone the policy does not name: not counted",
+        add_sig(alice, "officer:mallory", MALLORY).to_text(),
+        policy=one,
+        **common,
+    )
+    olga_rotated = add_sig(
+        make_card(ALICE_NEW, "olga", identity_type="username", previous=(olga_card, OLGA)),
+        "app",
+        APP,
+    )
+    vector(
+        "v9-approved-by-owner",
+        "V9",
+        "verification failure",
+        "olga's new card approved by olga (and oscar): no one approves their own card",
+        add_sig(add_sig(olga_rotated, "officer:olga", OLGA), "officer:oscar", OSCAR).to_text(),
+        policy=both,
+        **common,
+    )
+    vector(
+        "v6-officer-by-wrong-key",
+        "V6",
+        "verification failure",
+        "an officer:oscar signature made by another key",
+        add_sig(add_sig(alice, "officer:olga", OLGA), "officer:oscar", MALLORY).to_text(),
+        policy=both,
+        **common,
+    )
+
+
+# --- attestation (V10, V11, F15) ----------------------------------------------------------------
+
+ATTEST_ROOT = rsa_key("attestation-test-root", 2048)
+ATTEST_DEVICE = rsa_key("attestation-test-device-f9", 2048)
+YUBICO = "1.3.6.1.4.1.41482.3."
+ATTESTED_FIELDS = {
+    "serial": 31800223,
+    "firmware": "5.4.3",
+    "pin_policy": "once",
+    "touch_policy": "never",
+    "form_factor": "usb-a-keychain",
+}
+
+
+def _certificate(
+    subject: str, issuer: str, public: Any, signer: Any, serial: int, extensions: Any = ()
+) -> bytes:
+    """A deterministic certificate: RSA PKCS#1 v1.5 signatures, fixed serial and dates."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(public)
+        .serial_number(serial)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=3650))
+    )
+    for oid, value in extensions:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(YUBICO + oid), value), critical=False
+        )
+    return builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+ROOT_NAME = "Card Vectors Attestation Root (tests only)"
+ATTEST_ROOT_DER = _certificate(ROOT_NAME, ROOT_NAME, ATTEST_ROOT.public_key(), ATTEST_ROOT, 1)
+DEVICE_DER = _certificate(
+    "Yubico PIV Attestation", ROOT_NAME, ATTEST_DEVICE.public_key(), ATTEST_ROOT, 2
+)
+
+
+def attestation_chain(key: KeyT, signer: Any = ATTEST_DEVICE, pin: int = 2) -> tuple[bytes, bytes]:
+    """(attestation certificate of `key`'s public key, device certificate), as a YubiKey
+    5.4.3 with serial 31800223 makes them: PIN policy `pin` (2: once), touch never."""
+    extensions = [
+        ("3", bytes([5, 4, 3])),
+        ("7", bytes([0x02, 0x04, 0x01, 0xE5, 0x3B, 0x9F])),
+        ("8", bytes([pin, 1])),
+        ("9", bytes([0x01])),
+    ]
+    attestation = _certificate(
+        "YubiKey PIV Attestation 9d",
+        "Yubico PIV Attestation",
+        key.public_key(),
+        signer,
+        3,
+        extensions,
+    )
+    return attestation, DEVICE_DER
+
+
+def attested_card(key: KeyT, chain: tuple[bytes, bytes] | None = None, **stated: Any) -> Card:
+    from hsm_vault.cards import CardAttestation
+
+    fields = {**ATTESTED_FIELDS, **stated}
+    return make_card(
+        key,
+        provenance=TokenProvenance(
+            "Yubico (www.yubico.com)", "YubiKey YK5", "31800223", True, True, True
+        ),
+        attestation=CardAttestation(chain=chain or attestation_chain(key), **fields),
+    )
+
+
+def attestation_policy(require: bool) -> str:
+    """A version 2 policy (serial 2, app-signed, no officers) with the attestation rule."""
+    from hsm_vault.trust import PolicyBody, SignedPolicy
+    from hsm_vault.trust.policy import sign_policy
+
+    body = PolicyBody(
+        serial=2,
+        app_key_id=key_id_of(spki(APP)).hex(),
+        approvals=0,
+        officers=(),
+        created_at=CREATED,
+        previous="0" * 64,
+        version=2,
+        require_attestation=require,
+    )
+    policy = sign_policy(SignedPolicy(body), "app", spki(APP), alg_of(APP), signer_for(APP))
+    return policy.to_text()
+
+
+def build_attestation() -> None:
+    """V10, V11 and F15: cards that state an attestation, checked against a test root."""
+    root = {"attestation_root": [ATTEST_ROOT_DER.hex()]}
+    attested = attested_card(ALICE)
+    vector(
+        "ok-attested",
+        "ok",
+        "success",
+        "an attested card whose chain verifies to the trusted test root",
+        attested.to_text(),
+        **root,
+    )
+    vector(
+        "ok-not-attested",
+        "ok",
+        "success",
+        "a card that states no attestation, with no rule requiring one",
+        make_card(ALICE).to_text(),
+        **root,
+    )
+    app_trust = {"trust": [f"app {spki(APP).hex()}"], "require": ["app"]}
+    vector(
+        "ok-attested-policy-requires",
+        "ok",
+        "success",
+        "an attested card under a version 2 policy that requires attestation",
+        add_sig(attested, "app", APP).to_text(),
+        policy=attestation_policy(True),
+        **app_trust,
+        **root,
+    )
+    vector(
+        "v11-not-attested-policy-requires",
+        "V11",
+        "verification failure",
+        "an app-signed card without attestation under a policy that requires it",
+        add_sig(make_card(ALICE), "app", APP).to_text(),
+        policy=attestation_policy(True),
+        **app_trust,
+        **root,
+    )
+    vector(
+        "v10-root-not-trusted",
+        "V10",
+        "verification failure",
+        "the chain ends at a root the verifier does not trust (here: Yubico's alone)",
+        attested.to_text(),
+    )
+    vector(
+        "v10-another-key-attested",
+        "V10",
+        "verification failure",
+        "the chain attests mallory's key, not the card's (an attestation copied from elsewhere)",
+        attested_card(ALICE, chain=attestation_chain(MALLORY)).to_text(),
+        **root,
+    )
+    vector(
+        "v10-not-signed-by-device",
+        "V10",
+        "verification failure",
+        "the attestation certificate is signed by a key other than the device certificate's",
+        attested_card(ALICE, chain=attestation_chain(ALICE, signer=ATTEST_ROOT)).to_text(),
+        **root,
+    )
+    vector(
+        "v10-stated-policy-differs",
+        "V10",
+        "verification failure",
+        "the card states PIN policy always where its attestation says once",
+        attested_card(ALICE, pin_policy="always").to_text(),
+        **root,
+    )
+    vector(
+        "v10-stated-serial-differs",
+        "V10",
+        "verification failure",
+        "the card states another device serial than its attestation",
+        attested_card(ALICE, serial=1).to_text(),
+        **root,
+    )
+    bad = [
+        (
+            "f15-one-certificate",
+            "a chain of one certificate",
+            ("chain",),
+            [b64url_encode(DEVICE_DER)],
+        ),
+        (
+            "f15-not-a-certificate",
+            "a chain entry that is not DER X.509",
+            ("chain",),
+            [b64url_encode(b"0\x00"), b64url_encode(DEVICE_DER)],
+        ),
+        ("f15-unknown-pin-policy", "an unknown PIN policy", ("pin_policy",), "sometimes"),
+        ("f15-bad-firmware", "firmware that is not x.y.z", ("firmware",), "5.4"),
+        ("f15-negative-serial", "a negative serial", ("serial",), -1),
+        ("f15-bad-form-factor", "a form factor with spaces", ("form_factor",), "usb a"),
+        ("f15-extra-field", "an unknown attestation field", ("root",), "Yubico"),
+    ]
+    for name, comment, path, value in bad:
+        vector(
+            name,
+            "F15",
+            "format failure",
+            comment,
+            edited(attested, snap(setitem(("attestation", *path), value)), resign=ALICE),
+            **root,
+        )
+    vector(
+        "f15-attestation-null",
+        "F15",
+        "format failure",
+        "attestation null (an unattested card has no attestation field)",
+        edited(attested, snap(setitem(("attestation",), None)), resign=ALICE),
+        **root,
+    )
+
+
 def b64url_decode_any(text: str) -> bytes:
     import base64
 
@@ -1267,6 +1588,9 @@ def write(out: Path = OUT) -> None:
             lines.append(f"previous: {v['previous']}")
         lines += [f"trust: {t}" for t in v.get("trust", [])]
         lines += [f"require: {r}" for r in v.get("require", [])]
+        if "policy" in v:
+            lines.append(f"policy: {v['policy']}")
+        lines += [f"attestation-root: {r}" for r in v.get("attestation_root", [])]
         if "revocation" in v:
             lines.append(f"revocation: {v['revocation']}")
         for line in lines:
@@ -1278,4 +1602,6 @@ def write(out: Path = OUT) -> None:
 if __name__ == "__main__":
     # An optional argument writes elsewhere (the determinism test compares the two folders).
     build()
+    build_officers()
+    build_attestation()
     write(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)

@@ -1,7 +1,7 @@
 """The failed-authentication limiter keeps one counter per subject; the card search index.
 
 Revision ID: load_0001
-Revises: blobs_0001
+Revises: policy_0001
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "load_0001"
-down_revision = "blobs_0001"
+down_revision = "policy_0001"
 branch_labels = None
 depends_on = None
 

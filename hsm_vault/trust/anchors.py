@@ -1,0 +1,102 @@
+"""Trust anchors: the application key pinned at login and the server policy pinned after it.
+
+Pure code: the caller reads the stored strings (the client config) and hands them over; this
+module decodes and checks them. It is the one loader of the pinned application key for every
+caller: base64 DER whose SHA-256 must equal the pinned fingerprint (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from hsm_vault.algorithms import spki_fingerprint
+from hsm_vault.errors import CardError, NotLoggedIn, ServerTrustError
+from hsm_vault.trust.cards import APP, TrustPolicy
+from hsm_vault.trust.policy import SignedPolicy
+
+#: The client config key under which the pinned policy is kept (one line, hsmv-policy-1:...).
+PINNED_POLICY_KEY = "policy"
+
+
+def load_app_key(spki_b64: str | None, fingerprint: str | None) -> bytes:
+    """The pinned application key (DER SPKI); ServerTrustError if missing or altered."""
+    if not spki_b64 or not fingerprint:
+        raise NotLoggedIn("no application key is pinned for this server")
+    try:
+        spki = base64.b64decode(spki_b64, validate=True)
+    except (ValueError, binascii.Error):
+        raise ServerTrustError("the pinned application key in the config is malformed") from None
+    if not hmac.compare_digest(spki_fingerprint(spki), fingerprint.lower()):
+        raise ServerTrustError("the pinned application key does not match the pinned fingerprint")
+    return spki
+
+
+def load_policy(text: str | None) -> SignedPolicy | None:
+    """The pinned server policy, or None when none is pinned yet."""
+    if not text:
+        return None
+    try:
+        return SignedPolicy.from_text(text)
+    except CardError as exc:
+        raise ServerTrustError(f"the pinned server policy is unusable: {exc.message}") from None
+
+
+@dataclass(frozen=True)
+class TrustAnchors:
+    """What a client trusts a server's cards by: its application key, its signed policy, and
+    the key-attestation roots (None: Yubico's pinned PIV root) attested cards must chain to."""
+
+    app_spki: bytes
+    policy: SignedPolicy | None = None
+    attestation_roots: tuple[Any, ...] | None = None
+
+    @property
+    def app_fingerprint(self) -> str:
+        return spki_fingerprint(self.app_spki)
+
+    @classmethod
+    def from_pinned(
+        cls,
+        app_key_spki: str | None,
+        app_fingerprint: str | None,
+        policy_text: str | None,
+        attestation_roots: tuple[Any, ...] | None = None,
+    ) -> TrustAnchors:
+        """The anchors as the client config stores them; a policy pinned for another
+        application key (the client logged in elsewhere since) is not used."""
+        app_spki = load_app_key(app_key_spki, app_fingerprint)
+        policy = load_policy(policy_text)
+        if policy is not None and policy.body.app_key_id != spki_fingerprint(app_spki):
+            policy = None
+        return cls(app_spki, policy, attestation_roots)
+
+    def card_policy(self) -> TrustPolicy:
+        """The trust policy for a server's cards: self, app, and the policy's officer quorum.
+
+        Without a pinned policy no card of the server is trusted.
+        """
+        if self.policy is None:
+            raise ServerTrustError(
+                "no server policy is pinned, so no card of this server can be trusted",
+                hint="Run 'hsm-vault policy show' (or log in again) to fetch and pin it.",
+            )
+        return self.policy.card_trust(self.app_spki, self.attestation_roots)
+
+    def trust_for(self, required: frozenset[str]) -> TrustPolicy:
+        """For cards handed over by hand (`card import/verify`): the app key and the pinned
+        policy's officers are trusted; requiring "app" also requires the officer quorum and
+        the policy's attestation rule."""
+        policy = self.policy.body if self.policy is not None else None
+        server_rules = policy is not None and APP in required
+        return TrustPolicy(
+            required=required,
+            trusted={APP: (self.app_spki,)},
+            approvals=policy.approvals if policy is not None and server_rules else 0,
+            officers=tuple(o.key for o in policy.officers) if policy is not None else (),
+            require_attestation=policy.require_attestation if policy and server_rules else False,
+            attestation_roots=self.attestation_roots,
+        )

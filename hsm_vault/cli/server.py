@@ -372,9 +372,7 @@ def run(
     # Each worker process opens its own database pool and token session (a PKCS#11 session
     # does not survive a fork): they get the settings and build the app themselves.
     os.environ[SETTINGS_ENV] = settings.to_json()
-    uvicorn.run(
-        "hsm_vault.server.app:app_from_environment", factory=True, workers=count, **options
-    )
+    uvicorn.run("hsm_vault.server.app:app_from_environment", factory=True, workers=count, **options)
 
 
 def _open_db(settings: ServerSettings) -> tuple[Engine, sessionmaker[Any]]:

@@ -8,10 +8,10 @@ BIN := $(VENV)/bin
 DEBS := softhsm2 opensc age gnupg openssl curl postgresql sqlite3 \
 	pcscd vsmartcard-vpcd ykcs11 yubico-piv-tool pcsc-tools \
 	swtpm tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0 libtpm2-pkcs11-1 dbus \
-	opencryptoki libnss3 libnss3-tools p11-kit util-linux
+	opencryptoki libnss3 libnss3-tools p11-kit util-linux wrk
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo test lint bench bench-store clean
+.PHONY: all deps venv demo test lint bench bench-store bench-server clean
 
 all: test
 
@@ -47,6 +47,11 @@ bench: deps venv
 
 bench-store: deps venv
 	$(BIN)/python benchmarks/bench_store.py
+
+# The server under load (wrk): card find, blob put+get, GET /v1/app and a floor, SQLite and
+# PostgreSQL, at 1/10/100/200 keep-alive clients. Run it when `uptime` is low (performance.md).
+bench-server: deps venv
+	$(BIN)/python benchmarks/bench_server.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -183,7 +183,6 @@ def start_server(
     app_key: str | None = None,
 ) -> RunningServer:
     """`server init` a fresh data folder in `folder`, then `server run` it on a free port."""
-    import requests
 
     data = folder / "server-data"
     label = app_key or unique("app")
@@ -212,9 +211,20 @@ def start_server(
     )
     if init.returncode != 0:
         raise RuntimeError(f"server init failed: {init.stdout}{init.stderr}")
-    port = free_port()
-    log = folder / "server.log"
-    with log.open("wb") as out:
+    return run_server(data, env, folder / "server.log")
+
+
+def run_server(
+    data: Path, env: dict[str, str], log: Path, port: int | None = None
+) -> RunningServer:
+    """`server run` an initialised data folder (one worker) on a free port; wait until ready.
+
+    Several may run on one data folder: replicas sharing its database and blob store.
+    """
+    import requests
+
+    port = port or free_port()
+    with log.open("ab") as out:
         process = subprocess.Popen(
             [
                 HSM_VAULT,
@@ -226,6 +236,8 @@ def start_server(
                 str(port),
                 "--log-level",
                 "warning",
+                "--workers",
+                "1",
             ],
             env=env,
             stdout=out,
@@ -251,9 +263,10 @@ def _server_env(softhsm: Any) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def vault_server(softhsm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One real server for the session (officer approval, 1000 failed logins allowed)."""
+    """One real server for the session (officer approval, failed-login limits out of reach)."""
     folder = tmp_path_factory.mktemp("vault-server")
-    server = start_server(folder, _server_env(softhsm), init_args=("--auth-failures", "1000"))
+    limits = ("--auth-failures", "1000", "--auth-address-failures", "100000")
+    server = start_server(folder, _server_env(softhsm), init_args=limits)
     yield server
     server.stop()
 

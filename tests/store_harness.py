@@ -153,6 +153,8 @@ def start_blob_server(
                 str(port),
                 "--log-level",
                 "warning",
+                "--workers",
+                "1",
             ],
             env=env,
             stdout=log_file,

@@ -72,7 +72,7 @@ def hv(virtual_yubikey: VirtualYubiKey, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def alice(hv: Runner) -> dict:
     """A P-256 key made by `key generate` in the first free decryption slot, and its card."""
-    before = {k["slot"] for k in json.loads(hv.token("key", "list", "--json").stdout)}
+    before = {k["slot"] for k in json.loads(hv.token("key", "list", "--json").stdout)["keys"]}
     made = json.loads(hv.admin("key", "generate", "--type", "ec-p256", "--json").stdout)
     if "9d" not in before:
         assert made["slot"] == "9d" and made["uri"].endswith(";id=%03")
@@ -108,7 +108,7 @@ def test_management_key_is_asked_for_and_checked(hv: Runner, alice: dict) -> Non
     too_big = hv.admin("key", "generate", "--slot", "94", "--type", "rsa-3072", ok=False)
     assert "RSA-2048 at most" in too_big.stderr
     # None of the refusals made a key: the first answer stands, and 94 is still empty.
-    keys = json.loads(hv.token("key", "list", "--json").stdout)
+    keys = json.loads(hv.token("key", "list", "--json").stdout)["keys"]
     assert [k["fingerprint_sha256"] for k in keys if k["slot"] == slot] == [
         alice["key"]["fingerprint_sha256"]
     ]

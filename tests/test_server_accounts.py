@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import stat
+import time
 
 import pytest
 import requests
@@ -279,21 +280,29 @@ def test_errors_are_problem_documents(vault_server: RunningServer) -> None:
             client.request("POST", "/v1/cards", json={"card": "y" * 100_000})
 
 
-def test_failed_logins_are_rate_limited(server_factory) -> None:
-    server = server_factory("--auth-failures", "3")
+def test_failed_logins_back_off_but_never_lock_out_the_innocent(server_factory) -> None:
+    server = server_factory("--auth-failures", "3", "--auth-address-failures", "3")
+    bystander = server.enrol(unique("vera"))  # a colleague behind the same address
     name = unique("ivan")
     code = server.add_user(name)
     with VaultClient(server.url) as client:
-        for _ in range(3):
-            with pytest.raises(AuthenticationFailed):
+        for _ in range(4):  # three allowed; the fourth starts the backoff
+            with pytest.raises(AuthenticationFailed, match="wrong"):
                 client.enrol(name, "WRONG-CODE")
         with pytest.raises(AuthenticationFailed, match="too many") as caught:
-            client.enrol(name, code)  # the right code, but the limit is reached
+            client.enrol(name, code)  # the right code, but this address must wait for ivan
         assert "wait" in caught.value.hint
-        # Bad tokens count against the client address too.
-        response = _raw(server, "/v1/me", "hsmv_guess")
-        assert response.status_code == 429
-        assert response.headers["retry-after"]
+        other = unique("walt")  # another account from the same address is not held up
+        assert client.enrol(other, server.add_user(other)).username == other
+    for _ in range(4):
+        _raw(server, "/v1/me", "hsmv_guess")
+    refused = _raw(server, "/v1/me", "hsmv_guess")
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    # Others' failures from the same address never refuse a valid token.
+    assert _raw(server, "/v1/me", bystander.token).status_code == 200
+    time.sleep(1.2)  # ivan's first backoff step is one second
+    with VaultClient(server.url) as client:
+        assert client.enrol(name, code).username == name
 
 
 def test_server_data_survives_init_again_and_restart(server_factory, softhsm) -> None:

@@ -174,7 +174,7 @@ def pending(json_out: JsonOpt = False) -> None:
         entries = client.pending_cards()
     rows = [_pending_json(e) for e in entries]
     if json_out:
-        print_list("cards", rows)  # the card record, with what an officer checks
+        print_list("cards", rows)
         return
     if not rows:
         console.print("no cards are waiting for approval")

@@ -601,15 +601,11 @@ def inspect(
     out(f"file:       {file}")
     out("format:     hsm-vault v1, " + header.payload.algorithm)
     if plaintext_size is None:
-        out(
-            "size:       UNKNOWN: the file's size fits no complete file; it was truncated or "
-            "extended, and decrypting it will fail"
-        )
+        out("size:       unknown: the file is truncated or damaged")
     else:
-        chunk = header.payload.chunk_size
         out(
-            f"size:       {plaintext_size} bytes of plaintext (chunks of {chunk}), from the "
-            "file's size; decrypt verifies it"
+            f"size:       {plaintext_size} bytes of plaintext (chunks of "
+            f"{header.payload.chunk_size}; from the file's length, verified only by decrypt)"
         )
     out(f"recipients: {len(recipients)}")
     for r in recipients:

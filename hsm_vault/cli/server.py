@@ -125,7 +125,23 @@ def init(
         typer.Option(
             "--auth-failures",
             min=1,
-            help="Failed logins allowed per address or user in 15 minutes. [default: 10]",
+            help="Failed logins allowed per (address, user) before backoff. [default: 10]",
+        ),
+    ] = None,
+    auth_account_failures: Annotated[
+        int | None,
+        typer.Option(
+            "--auth-account-failures",
+            min=1,
+            help="Failed logins allowed per user from all addresses. [default: 50]",
+        ),
+    ] = None,
+    auth_address_failures: Annotated[
+        int | None,
+        typer.Option(
+            "--auth-address-failures",
+            min=1,
+            help="Bad API tokens allowed per address before backoff. [default: 100]",
         ),
     ] = None,
     blob_store: Annotated[
@@ -202,6 +218,8 @@ def init(
         api_token_ttl_seconds=token_days * 86400 if token_days else None,
         enrolment_ttl_seconds=code_hours * 3600 if code_hours else None,
         auth_failures_allowed=auth_failures,
+        auth_account_failures_allowed=auth_account_failures,
+        auth_address_failures_allowed=auth_address_failures,
     )
     blob_settings = {
         name: value
@@ -291,6 +309,16 @@ def run(
     database_url: DatabaseOpt = None,
     database_password_file: DatabasePasswordFileOpt = None,
     pin_file: ServerPinFileOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            help="Worker processes. [default: the number of CPU cores]",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[
         str,
         typer.Option(
@@ -300,12 +328,12 @@ def run(
 ) -> None:
     """Serve the API (HTTP on loopback by default; give --tls-cert/--tls-key elsewhere).
 
-    The database schema is upgraded to the newest version at start-up, and one session on
-    the server's token stays open while the server runs.
+    The database schema is upgraded to the newest version at start-up, and each worker
+    process keeps one session on the server's token open while it runs.
     """
     import uvicorn
 
-    from hsm_vault.server.app import create_app, open_resources
+    from hsm_vault.server.app import SETTINGS_ENV, create_app, open_resources
 
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("give both --tls-cert and --tls-key, or neither")
@@ -322,21 +350,29 @@ def run(
         database_password_file=database_password_file.resolve() if database_password_file else None,
         pin_file=pin_file.resolve() if pin_file else None,
     )
+    count = workers or len(os.sched_getaffinity(0))
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "ssl_certfile": str(tls_cert) if tls_cert else None,
+        "ssl_keyfile": str(tls_key) if tls_key else None,
+        "log_level": log_level,
+        "server_header": False,
+    }
+    # Start-up errors (database, token, PIN) surface here as one error line, before serving.
     with open_resources(settings) as resources:
         scheme = "https" if tls_cert else "http"
         err_console.print(
             f"hsm-vault server on {scheme}://{host}:{port}  "
-            f"application key {resources.app_key.info.fingerprint}"
+            f"application key {resources.app_key.info.fingerprint}  workers {count}"
         )
-        uvicorn.run(
-            create_app(settings, resources),
-            host=host,
-            port=port,
-            ssl_certfile=str(tls_cert) if tls_cert else None,
-            ssl_keyfile=str(tls_key) if tls_key else None,
-            log_level=log_level,
-            server_header=False,
-        )
+        if count == 1:
+            uvicorn.run(create_app(settings, resources), **options)
+            return
+    # Each worker process opens its own database pool and token session (a PKCS#11 session
+    # does not survive a fork): they get the settings and build the app themselves.
+    os.environ[SETTINGS_ENV] = settings.to_json()
+    uvicorn.run("hsm_vault.server.app:app_from_environment", factory=True, workers=count, **options)
 
 
 def _open_db(settings: ServerSettings) -> tuple[Engine, sessionmaker[Any]]:

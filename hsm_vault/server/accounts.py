@@ -121,10 +121,11 @@ def set_disabled(db: Session, name: str, disabled: bool, *, by: User | None = No
             "you cannot disable your own account",
             hint="Ask another officer or admin, or use 'hsm-vault server disable-user'.",
         )
-    if user.disabled != disabled:
+    changed = user.disabled != disabled
+    user.disabled = disabled  # written first: the log append then runs under the write lock
+    if changed:
         kind = EntryKind.USER_DISABLED if disabled else EntryKind.USER_ENABLED
         log.account_event(db, kind, user, by.name if by is not None else "server-host")
-    user.disabled = disabled
     db.commit()
     return user
 

@@ -13,22 +13,31 @@ What routes find on `request.app.state`:
 
 Routers are joined in `_include_routers`; blob routes (`hsm_vault.server.routes_blobs.router`)
 join there when that module is present.
+
+Concurrency: blocking work (database, token, blob store) runs in at most
+`settings.worker_threads` threads per process, and the database pool holds as many
+connections (see `hsm_vault.server.db.make_engine`). `server run --workers N` starts N
+processes through `app_from_environment`, each opening its own resources.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from hsm_vault import __version__
+from hsm_vault.errors import TokenNotFound
 from hsm_vault.server.appkey import ApplicationKey, open_application_key
 from hsm_vault.server.db import make_engine, make_sessionmaker, migrate_to_head
 from hsm_vault.server.log import LogCache, backfill
@@ -39,6 +48,9 @@ from hsm_vault.server.settings import ServerSettings
 _OPTIONAL_ROUTERS = ("hsm_vault.server.routes_blobs",)
 #: Where request bodies stream (blob uploads): their routes limit the size themselves.
 BLOB_PATH_PREFIX = "/v1/blobs"
+#: The settings (JSON, `ServerSettings.to_json`) that `app_from_environment` serves.
+SETTINGS_ENV = "HSM_VAULT_SERVER_SETTINGS_JSON"
+_TOKEN_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -53,17 +65,38 @@ class ServerResources:
 @contextmanager
 def open_resources(settings: ServerSettings) -> Iterator[ServerResources]:
     """Migrate the database to the newest schema and open the application key."""
-    engine = make_engine(settings.engine_url())
+    engine = make_engine(
+        settings.engine_url(),
+        pool_size=settings.worker_threads,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     try:
         migrate_to_head(engine)
         sessions = make_sessionmaker(engine)
         with sessions() as db:
             if backfill(db):  # a database from before the transparency log
                 db.commit()
-        with open_application_key(settings) as app_key:
+        with ExitStack() as stack:
+            app_key = _open_application_key(settings, stack)
             yield ServerResources(engine, sessions, app_key)
     finally:
         engine.dispose()
+
+
+def _open_application_key(settings: ServerSettings, stack: ExitStack) -> ApplicationKey:
+    """Open the application key, retrying briefly when the token is not found at first.
+
+    Worker processes start together; a file-backed token (SoftHSM) being written by one
+    process's login can be unreadable to another for a moment.
+    """
+    for attempt in range(_TOKEN_ATTEMPTS):
+        try:
+            return stack.enter_context(open_application_key(settings))
+        except TokenNotFound:
+            if attempt == _TOKEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _attach(app: FastAPI, resources: ServerResources) -> None:
@@ -73,8 +106,15 @@ def _attach(app: FastAPI, resources: ServerResources) -> None:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from hsm_vault.server import routes_accounts, routes_cards, routes_log, routes_policy
+    from hsm_vault.server import (
+        routes_accounts,
+        routes_cards,
+        routes_health,
+        routes_log,
+        routes_policy,
+    )
 
+    app.include_router(routes_health.router)
     app.include_router(routes_accounts.router)
     app.include_router(routes_cards.router)
     app.include_router(routes_policy.router)
@@ -82,6 +122,14 @@ def _include_routers(app: FastAPI) -> None:
     for name in _OPTIONAL_ROUTERS:
         if importlib.util.find_spec(name) is not None:
             app.include_router(importlib.import_module(name).router)
+
+
+def _start_serving(app: FastAPI, settings: ServerSettings) -> None:
+    """Per process, in its event loop: the thread limit, then the blob store and its sweep."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+    if importlib.util.find_spec(_OPTIONAL_ROUTERS[0]) is not None:
+        # Opens the store and removes what processes that died mid-upload left behind.
+        importlib.import_module(_OPTIONAL_ROUTERS[0]).configure_blob_store(app, settings)
 
 
 def create_app(settings: ServerSettings, resources: ServerResources | None = None) -> FastAPI:
@@ -95,10 +143,12 @@ def create_app(settings: ServerSettings, resources: ServerResources | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if resources is not None:
             _attach(app, resources)
+            _start_serving(app, settings)
             yield
             return
         with ExitStack() as stack:
             _attach(app, stack.enter_context(open_resources(settings)))
+            _start_serving(app, settings)
             yield
 
     app = FastAPI(
@@ -127,3 +177,8 @@ def create_app(settings: ServerSettings, resources: ServerResources | None = Non
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app for a worker process of `server run --workers N` (a uvicorn factory)."""
+    return create_app(ServerSettings.from_json(os.environ[SETTINGS_ENV]))

@@ -18,7 +18,9 @@ holds a whole blob in memory. Size and SHA-256 are computed while the bytes stre
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -73,6 +75,58 @@ class StoredObject:
     created_at: datetime
 
 
+class ProcessLease:
+    """Marks in-progress work as this process's: an flock held on `<dir>/<instance>` for life.
+
+    Work left behind by a process that died (kill -9, power cut) is recognised precisely at
+    the next start-up: its lease file can be locked again, because the kernel dropped the lock
+    with the process. No age threshold, so a live upload of another worker or replica sharing
+    the folder is never touched.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.instance = secrets.token_hex(8)
+        self._handle: Any = None
+
+    def hold(self) -> str:
+        """Take the lease (once per process) and return this process's instance name."""
+        if self._handle is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # Locked under a temporary name, then renamed: a sweeper never sees it unlocked.
+            pending = self.folder / f".{self.instance}.new"
+            handle = open(pending, "wb")  # noqa: SIM115 - held open for the process's life
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(pending, self.folder / self.instance)
+            self._handle = handle
+        return self.instance
+
+    def release(self) -> None:
+        if self._handle is not None:
+            (self.folder / self.instance).unlink(missing_ok=True)
+            self._handle.close()
+            self._handle = None
+
+    def dead_instances(self) -> Iterator[str]:
+        """Instances whose process is gone; each is locked by us while the caller cleans up."""
+        if not self.folder.is_dir():
+            return
+        for entry in sorted(self.folder.iterdir()):
+            if entry.name.startswith(".") or entry.name == self.instance:
+                continue
+            try:
+                handle = open(entry, "rb")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                continue  # another process swept it just now
+            with handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # alive
+                yield entry.name
+                entry.unlink(missing_ok=True)
+
+
 class BlobWriter(ABC):
     """One in-progress write. Feed it with `write`, then `commit` or `abort`.
 
@@ -86,6 +140,11 @@ class BlobWriter(ABC):
         self.size = 0
         self._hash = hashlib.sha256()
         self._done = False
+
+    @property
+    def finished(self) -> bool:
+        """Committed or aborted: nothing more to do."""
+        return self._done
 
     def write(self, data: bytes) -> None:
         """Append `data`; raises TooLarge (and aborts) past `max_size`."""
@@ -162,6 +221,14 @@ class BlobStore(ABC):
     def delete(self, key: str) -> None:
         """Remove `key`; a missing key is not an error (deletes are retried)."""
 
+    @abstractmethod
+    def check(self) -> None:
+        """Raise ServerError unless the store can be reached now (for `/readyz`)."""
+
+    def sweep_abandoned(self) -> int:
+        """Clean up what processes that died mid-write left; returns how much was removed."""
+        return 0
+
     def write(self, key: str, chunks: Iterable[bytes], *, max_size: int | None = None) -> BlobInfo:
         """Write a whole blob from an iterable of chunks, committing only at the end."""
         with self.open_writer(key, max_size=max_size) as writer:
@@ -204,11 +271,14 @@ def _check_range(start: int, end: int | None, size: int) -> tuple[int, int]:
 
 
 class _LocalWriter(BlobWriter):
-    def __init__(self, final: Path, tmp_dir: Path, key: str, max_size: int | None) -> None:
+    def __init__(
+        self, final: Path, tmp_dir: Path, lease: ProcessLease, key: str, max_size: int | None
+    ) -> None:
         super().__init__(key, max_size)
         self._final = final
+        self._lease = lease  # held as long as the temporary may exist
         make_private_dir(tmp_dir)
-        self._tmp = tmp_dir / f"{key}.{secrets.token_hex(8)}.part"
+        self._tmp = tmp_dir / f"{lease.hold()}.{key}.{secrets.token_hex(8)}.part"
         # Blob files are readable by the server user only (0600), in 0700 folders.
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._file = os.fdopen(fd, "wb")
@@ -239,19 +309,24 @@ class _LocalWriter(BlobWriter):
 
 
 class LocalBlobStore(BlobStore):
-    """Blobs as files in a folder: `<root>/<key[:2]>/<key>`, temporaries in `<root>/.tmp`."""
+    """Blobs as files in a folder: `<root>/<key[:2]>/<key>`, temporaries in `<root>/.tmp`.
+
+    A temporary is named after the writing process's lease (`<root>/.leases`), so the
+    temporaries of a process that died are found and removed at the next start-up.
+    """
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         make_private_dir(self.root)
         self.tmp_dir = self.root / ".tmp"
+        self.lease = ProcessLease(self.root / ".leases")
 
     def _path(self, key: str) -> Path:
         _check_key(key)
         return self.root / key[:2] / key
 
     def open_writer(self, key: str, *, max_size: int | None = None) -> BlobWriter:
-        return _LocalWriter(self._path(key), self.tmp_dir, key, max_size)
+        return _LocalWriter(self._path(key), self.tmp_dir, self.lease, key, max_size)
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         path = self._path(key)
@@ -299,6 +374,20 @@ class LocalBlobStore(BlobStore):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def check(self) -> None:
+        if not (self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)):
+            raise ServerError(f"the blob folder {self.root} is missing or not writable")
+
+    def sweep_abandoned(self) -> int:
+        """Remove the temporaries of dead processes, then any temporary older than a day."""
+        removed = 0
+        for instance in self.lease.dead_instances():
+            if self.tmp_dir.is_dir():
+                for entry in self.tmp_dir.glob(f"{instance}.*.part"):
+                    entry.unlink(missing_ok=True)
+                    removed += 1
+        return removed + self.remove_stale_temporaries()
+
     def remove_stale_temporaries(self, older_than_seconds: float = 24 * 3600) -> int:
         """Delete temporaries left by a crashed process; returns how many were removed."""
         if not self.tmp_dir.is_dir():
@@ -329,8 +418,10 @@ class _S3Writer(BlobWriter):
         key: str,
         max_size: int | None,
         part_size: int,
+        journal: _UploadJournal | None,
     ) -> None:
         super().__init__(key, max_size)
+        self._journal = journal
         self._client = client
         self._bucket = bucket
         self._object_key = object_key
@@ -345,6 +436,8 @@ class _S3Writer(BlobWriter):
                 Bucket=self._bucket, Key=self._object_key
             )
             self._upload_id = created["UploadId"]
+            if self._journal is not None:
+                self._journal.add(self._object_key, created["UploadId"])
         number = len(self._parts) + 1
         answer = self._client.upload_part(
             Bucket=self._bucket,
@@ -381,6 +474,8 @@ class _S3Writer(BlobWriter):
                     UploadId=self._upload_id,
                     MultipartUpload={"Parts": self._parts},
                 )
+                if self._journal is not None:
+                    self._journal.remove(self._upload_id)
             self._buffer = bytearray()
         except BaseException:
             self._abort()
@@ -395,6 +490,40 @@ class _S3Writer(BlobWriter):
                 self._client.abort_multipart_upload(
                     Bucket=self._bucket, Key=self._object_key, UploadId=upload_id
                 )
+                if self._journal is not None:
+                    self._journal.remove(upload_id)
+
+
+class _UploadJournal:
+    """This process's multipart uploads in flight, one small file each, under its lease.
+
+    S3 cannot say which process started an upload; the journal can, so a restarted server
+    aborts exactly the uploads of processes that died, never a live one of another replica.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.lease = ProcessLease(folder / ".leases")
+
+    def _entry(self, instance: str, upload_id: str) -> Path:
+        return self.folder / f"{instance}.{hashlib.sha256(upload_id.encode()).hexdigest()[:32]}"
+
+    def add(self, object_key: str, upload_id: str) -> None:
+        entry = self._entry(self.lease.hold(), upload_id)
+        entry.write_text(json.dumps({"key": object_key, "upload_id": upload_id}))
+
+    def remove(self, upload_id: str) -> None:
+        self._entry(self.lease.hold(), upload_id).unlink(missing_ok=True)
+
+    def abandoned(self) -> Iterator[tuple[str, str, Path]]:
+        """(object key, upload id, journal entry) of every upload of a dead process."""
+        for instance in self.lease.dead_instances():
+            for entry in self.folder.glob(f"{instance}.*"):
+                try:
+                    raw = json.loads(entry.read_text())
+                    yield str(raw["key"]), str(raw["upload_id"]), entry
+                except (OSError, ValueError, KeyError, TypeError):
+                    entry.unlink(missing_ok=True)
 
 
 class S3BlobStore(BlobStore):
@@ -410,6 +539,7 @@ class S3BlobStore(BlobStore):
         region_name: str | None = None,
         part_size: int = S3_DEFAULT_PART,
         create_bucket: bool = False,
+        journal_dir: Path | None = None,
     ) -> None:
         if part_size < S3_MIN_PART:
             raise ConfigError(f"S3 part size must be at least {S3_MIN_PART} bytes")
@@ -421,6 +551,7 @@ class S3BlobStore(BlobStore):
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.part_size = part_size
+        self.journal = _UploadJournal(journal_dir) if journal_dir is not None else None
         if create_bucket:
             self._ensure_bucket()
 
@@ -437,8 +568,34 @@ class S3BlobStore(BlobStore):
 
     def open_writer(self, key: str, *, max_size: int | None = None) -> BlobWriter:
         return _S3Writer(
-            self.client, self.bucket, self._object_key(key), key, max_size, self.part_size
+            self.client,
+            self.bucket,
+            self._object_key(key),
+            key,
+            max_size,
+            self.part_size,
+            self.journal,
         )
+
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:  # botocore: unreachable endpoint, credentials, no bucket
+            raise ServerError(f"the bucket {self.bucket} cannot be reached: {exc}") from exc
+
+    def sweep_abandoned(self) -> int:
+        """Abort the multipart uploads that processes which died had in flight."""
+        if self.journal is None:
+            return 0
+        aborted = 0
+        for object_key, upload_id, entry in self.journal.abandoned():
+            with contextlib.suppress(Exception):  # gone already: completed or aborted
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=object_key, UploadId=upload_id
+                )
+                aborted += 1
+            entry.unlink(missing_ok=True)
+        return aborted
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         from botocore.exceptions import ClientError
@@ -511,12 +668,14 @@ def check_blob_store_url(url: str) -> dict[str, str]:
     return query
 
 
-def blob_store_from_url(url: str) -> BlobStore:
+def blob_store_from_url(url: str, *, journal_dir: Path | None = None) -> BlobStore:
     """Open a blob store from a URL.
 
     - `file:///srv/hsm-vault/blobs` or a plain path: a LocalBlobStore.
     - `s3://BUCKET/PREFIX?endpoint_url=http://127.0.0.1:9000&region=us-east-1&create=1`:
       an S3BlobStore; credentials come from boto3's usual sources (environment, profile).
+      `journal_dir` (a local folder) records its multipart uploads in flight, so that those
+      of a process that died are aborted by `sweep_abandoned`.
     """
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
@@ -533,6 +692,7 @@ def blob_store_from_url(url: str) -> BlobStore:
             region_name=query.get("region"),
             part_size=part_mib * 1024 * 1024,
             create_bucket=query.get("create", "") in ("1", "true", "yes"),
+            journal_dir=journal_dir,
         )
     raise ConfigError(
         f"unknown blob store URL scheme {parsed.scheme!r}", hint="Use file:///PATH or s3://BUCKET."

@@ -8,6 +8,10 @@ every start-up, so upgrading hsm-vault keeps the existing data.
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -24,9 +28,10 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -121,22 +126,29 @@ class ApiToken(Base):
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
-class AuthFailure(Base):
-    """One failed authentication, counted per client address and per user name."""
+class AuthLimit(Base):
+    """Failed authentications of one subject, and until when it must wait (the limiter).
 
-    __tablename__ = "auth_failures"
-    __table_args__ = (Index("ix_auth_failures_subject_at", "subject", "at"),)
+    One row per subject, updated with an atomic upsert, so the count holds across replicas.
+    """
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    #: "ip:ADDRESS" or "user:NAME".
-    subject: Mapped[str] = mapped_column(String(300))
-    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    __tablename__ = "auth_limits"
+
+    #: "account:NAME", "pair:ADDRESS|NAME" or "address:ADDRESS".
+    subject: Mapped[str] = mapped_column(String(400), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    blocked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class CardRecord(Base):
     """A published card: its text (with every signature it has so far) and its state."""
 
     __tablename__ = "cards"
+    #: Card search: one index range per identity, newest approval first.
+    __table_args__ = (
+        Index("ix_cards_identity_status_decided", "identity", "status", "decided_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -163,8 +175,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     # Several requests write at once; WAL lets readers go on while one writes.
     cursor.execute("PRAGMA journal_mode=WAL")
+    # In WAL mode, NORMAL syncs at checkpoints instead of at every commit: a killed process
+    # loses nothing, a power cut may lose the last commits but never corrupts the database.
+    # A full sync per commit (~6 ms here) would cap all writes at ~170/s (performance.md).
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+#: SQLite allows one writer at a time; threads of one process queue on this mutex instead of
+#: polling in SQLite's busy handler (which sleeps up to 100 ms a try). Other processes still
+#: wait in the busy handler.
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 def _create_private_sqlite_file(url: str | URL) -> None:
@@ -177,14 +199,43 @@ def _create_private_sqlite_file(url: str | URL) -> None:
         Path(path).touch(mode=0o600)
 
 
-def make_engine(url: str | URL) -> Engine:
-    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout."""
+def make_engine(url: str | URL, *, pool_size: int = 5, pool_timeout: float = 30.0) -> Engine:
+    """An engine for `url` with a pool of `pool_size` connections and no overflow.
+
+    The server sizes the pool to its worker threads (`ServerSettings.worker_threads`), so a
+    thread never waits for a connection held by a request that waits for a thread; waiting
+    longer than `pool_timeout` raises `sqlalchemy.exc.TimeoutError` (answered 503).
+    SQLite gets foreign keys, WAL and a busy timeout.
+    """
+    pool = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": pool_timeout}
     if make_url(url).get_backend_name() == "sqlite":
         _create_private_sqlite_file(url)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
+        _SQLITE_WRITERS[engine] = threading.Lock()
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A database that does not answer must not hold a request for minutes.
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5}, **pool)
+
+
+@contextmanager
+def user_write_transaction(db: Session, user_id: int) -> Iterator[None]:
+    """A write transaction serialised with every other one for the same user; commit inside.
+
+    It starts with a no-op write of the user's row: PostgreSQL locks the row, SQLite takes its
+    database write lock (and, as the transaction's first statement, reads every commit made
+    before it). Quotas use it, so two uploads on two replicas cannot both pass the check.
+    Rolled back if the block raises.
+    """
+    bind = db.get_bind()
+    mutex = _SQLITE_WRITERS.get(bind) if isinstance(bind, Engine) else None
+    with mutex or nullcontext():
+        try:
+            db.execute(update(User).where(User.id == user_id).values(id=User.id))
+            yield
+        except BaseException:
+            db.rollback()
+            raise
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

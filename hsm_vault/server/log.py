@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, String, Text, select
+from sqlalchemy import Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from hsm_vault.cards.model import Card, now_utc
@@ -90,6 +90,15 @@ class LogStateRecord(Base):
         return Frontier(self.size, hashes)
 
 
+def _lock_state(db: Session) -> None:
+    """Take the log's write lock before reading its state: a no-op write of the state row
+    (the row lock on PostgreSQL; on SQLite the database write lock, so the state read next is
+    the last committed one and no other writer can append in between)."""
+    db.execute(
+        update(LogStateRecord).where(LogStateRecord.id == STATE_ID).values(id=LogStateRecord.id)
+    )
+
+
 def _state(db: Session, *, lock: bool) -> LogStateRecord:
     state = db.get(LogStateRecord, STATE_ID, with_for_update=lock)
     if state is None:
@@ -103,6 +112,7 @@ def append(
     db: Session, kind: EntryKind, actor: str, data: dict[str, Any], *, subject: str
 ) -> LogEntry:
     """Append one entry in `db`'s transaction (committed or rolled back with the change)."""
+    _lock_state(db)
     state = _state(db, lock=True)
     entry = LogEntry(index=state.size, kind=kind, at=now_utc(), actor=actor[:64], data=data)
     body = entry.to_bytes()
@@ -207,14 +217,29 @@ def head_in(db: Session, app_key: ApplicationKey, max_age_seconds: int) -> str:
     log grew or the last is older than 1/24 of the maximum age (the server's setting, or the
     policy's if shorter). The caller commits."""
     state = _state(db, lock=False)
-    if state.max_age is not None:
-        max_age_seconds = min(max_age_seconds, state.max_age)
-    fresh = state.head_at is not None and (utcnow() - state.head_at).total_seconds() < (
-        max_age_seconds / 24
+    if _current(state, max_age_seconds) and state.head is not None:
+        return state.head
+    # Take the write lock first (a no-op write: the row lock on PostgreSQL, the database
+    # write lock on SQLite), then look again: a concurrent request may have signed meanwhile.
+    db.execute(
+        update(LogStateRecord).where(LogStateRecord.id == STATE_ID).values(id=LogStateRecord.id)
     )
-    if state.head is not None and state.head_size == state.size and fresh:
+    db.refresh(state)
+    if _current(state, max_age_seconds) and state.head is not None:
         return state.head
     return _sign(db, app_key, state)
+
+
+def _current(state: LogStateRecord, max_age_seconds: int) -> bool:
+    """The state's signed head is of the whole log and younger than 1/24 of the max age."""
+    if state.max_age is not None:
+        max_age_seconds = min(max_age_seconds, state.max_age)
+    return (
+        state.head is not None
+        and state.head_size == state.size
+        and state.head_at is not None
+        and (utcnow() - state.head_at).total_seconds() < max_age_seconds / 24
+    )
 
 
 def head_at_most(db: Session, size: int) -> str | None:
@@ -314,7 +339,7 @@ def entries_between(db: Session, start: int, end: int) -> list[str]:
 
 
 def card_logs(
-    db: Session, cache: LogCache, head_text: str, records: Sequence[CardRecord]
+    db: Session, cache: LogCache, head_text: str, records: Sequence[Any]
 ) -> dict[str, dict[str, Any] | None]:
     """For each card record, its approval and latest status entries with their proofs in
     the head (None for cards the log does not hold: pending, rejected)."""

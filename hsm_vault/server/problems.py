@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,6 +36,8 @@ from hsm_vault.errors import (
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+#: Seconds a client is asked to wait after a 503 (busy, or the database unreachable).
+RETRY_AFTER = "1"
 log = logging.getLogger("hsm_vault.server")
 
 
@@ -164,6 +168,22 @@ def install_problem_handlers(app: FastAPI) -> None:
         if status >= 500:
             log.error("%s: %s", type(exc).__name__, exc.message)
         return problem_response(status, exc.message, error=type(exc).__name__)
+
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _pool_exhausted(request: Request, exc: SQLAlchemyTimeoutError) -> JSONResponse:
+        log.warning("no database connection in time for %s %s", request.method, request.url.path)
+        return problem_response(
+            503, "the server is busy; try again shortly", headers={"Retry-After": RETRY_AFTER}
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        return problem_response(
+            503,
+            "the database is unavailable; try again shortly",
+            headers={"Retry-After": RETRY_AFTER},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

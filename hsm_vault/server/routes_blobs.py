@@ -31,26 +31,33 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Row, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from hsm_vault.envelope.format import MAC_LENGTH, MAX_BODY_LENGTH, PREFIX_LENGTH
-from hsm_vault.errors import ConfigError, TooLarge
+from hsm_vault.errors import ConfigError, NotFoundOnServer, TooLarge
 from hsm_vault.names import BLOB_NAME_PATTERN, BLOB_NAME_RULE, is_blob_name
-from hsm_vault.server.auth import CurrentUser, DbDep
+from hsm_vault.server.auth import (
+    Authenticated,
+    BearerDep,
+    CurrentUser,
+    DbDep,
+    end_read,
+    run_authenticated,
+)
 from hsm_vault.server.blob_models import BlobRecipient, BlobRecord
 from hsm_vault.server.blobs import (
+    BlobInfo,
     BlobStore,
     BlobWriter,
-    LocalBlobStore,
     blob_store_from_url,
     new_blob_key,
 )
-from hsm_vault.server.db import User, utcnow
-from hsm_vault.server.problems import Problem, problem_responses
+from hsm_vault.server.db import User, user_write_transaction, utcnow
+from hsm_vault.server.problems import Problem, log, problem_responses
 from hsm_vault.server.settings import ServerSettings
 
 GiB = 1024 * 1024 * 1024
@@ -91,15 +98,16 @@ class BlobSettings:
 def configure_blob_store(app: FastAPI, settings: ServerSettings) -> None:
     """Open the blob store and put it and its settings on `app.state` (at app creation)."""
     blob_settings = BlobSettings.from_server_settings(settings)
-    store = blob_store_from_url(blob_settings.store)
-    if isinstance(store, LocalBlobStore):
-        # Temporaries of a process that crashed mid-upload; a day old, so no live upload.
-        store.remove_stale_temporaries()
+    store = blob_store_from_url(blob_settings.store, journal_dir=settings.data_dir / "s3-uploads")
+    # What processes that died mid-upload left: their .part files, their S3 multipart uploads.
+    swept = store.sweep_abandoned()
+    if swept:
+        log.warning("removed %d abandoned partial upload(s) of processes that died", swept)
     app.state.blob_settings = blob_settings
     app.state.blob_store = store
 
 
-def get_blob_store(request: Request) -> BlobStore:
+async def get_blob_store(request: Request) -> BlobStore:
     """The app's blob store (a FastAPI dependency); opened on first use if not configured."""
     if getattr(request.app.state, "blob_store", None) is None:
         configure_blob_store(request.app, request.app.state.settings)
@@ -107,8 +115,8 @@ def get_blob_store(request: Request) -> BlobStore:
     return store
 
 
-def get_blob_settings(request: Request) -> BlobSettings:
-    get_blob_store(request)
+async def get_blob_settings(request: Request) -> BlobSettings:
+    await get_blob_store(request)
     blob_settings: BlobSettings = request.app.state.blob_settings
     return blob_settings
 
@@ -181,15 +189,22 @@ def _too_large(detail: str, **extensions: Any) -> Problem:
     return Problem(413, detail, headers=_CLOSE, **extensions)
 
 
+# Statements of the upload and download paths, built once (building one costs more than
+# running it from SQLAlchemy's compiled cache).
+_USED_BYTES = select(func.coalesce(func.sum(BlobRecord.size), 0)).where(
+    BlobRecord.owner_id == bindparam("owner_id")
+)
+_BLOB_BY_NAME = select(BlobRecord).where(
+    BlobRecord.owner_id == bindparam("owner_id"), BlobRecord.name == bindparam("name")
+)
+#: Without loading the recipients: what an upload needs to know of a blob it replaces.
+_BLOB_SLOT = select(BlobRecord.id, BlobRecord.size, BlobRecord.storage_key).where(
+    BlobRecord.owner_id == bindparam("owner_id"), BlobRecord.name == bindparam("name")
+)
+
+
 def _used_bytes(db: Session, user_id: int) -> int:
-    return int(
-        db.scalar(
-            select(func.coalesce(func.sum(BlobRecord.size), 0)).where(
-                BlobRecord.owner_id == user_id
-            )
-        )
-        or 0
-    )
+    return int(db.scalar(_USED_BYTES, {"owner_id": user_id}) or 0)
 
 
 def _find_owner(db: Session, caller: User, owner: str | None) -> User | None:
@@ -203,9 +218,7 @@ def _find_blob(db: Session, owner: User | None, owner_name: str, name: str) -> B
     # An unknown user and a known user without that blob get the same answer, so the blob
     # routes cannot be used to find out which user names exist.
     record = (
-        db.scalar(
-            select(BlobRecord).where(BlobRecord.owner_id == owner.id, BlobRecord.name == name)
-        )
+        db.scalar(_BLOB_BY_NAME, {"owner_id": owner.id, "name": name})
         if owner is not None
         else None
     )
@@ -376,89 +389,102 @@ async def upload_blob(
             limit=limits.max_blob_bytes,
         )
 
-    def prepare() -> tuple[int, BlobRecord | None]:
-        existing = db.scalar(
-            select(BlobRecord).where(BlobRecord.owner_id == user.id, BlobRecord.name == name)
-        )
-        return _used_bytes(db, user.id), existing
+    slot = {"owner_id": user.id, "name": name}
 
-    used, existing = await run_in_threadpool(prepare)
-    if existing is not None and not replace:
-        raise Problem(
-            409, f"you already have a blob named {name!r}; pass replace=true", headers=_CLOSE
-        )
-    # A replaced blob's bytes are freed when the new one lands.
-    available = limits.quota_bytes - used + (existing.size if existing is not None else 0)
-    if declared is not None and declared > available:
-        raise _too_large(_quota_message(limits, used, declared), quota=limits.quota_bytes)
+    def prepare() -> tuple[int, BlobWriter]:
+        existing = db.execute(_BLOB_SLOT, slot).first()
+        used = _used_bytes(db, user.id)
+        # No connection is held while the body streams in (it may take minutes).
+        db.commit()
+        if existing is not None and not replace:
+            raise Problem(
+                409, f"you already have a blob named {name!r}; pass replace=true", headers=_CLOSE
+            )
+        # A replaced blob's bytes are freed when the new one lands.
+        available = limits.quota_bytes - used + (existing.size if existing is not None else 0)
+        if declared is not None and declared > available:
+            raise _too_large(_quota_message(limits, used, declared), quota=limits.quota_bytes)
+        limit = min(limits.max_blob_bytes, max(available, 0))
+        return available, store.open_writer(new_blob_key(), max_size=limit)
 
-    key = new_blob_key()
-    writer = await run_in_threadpool(
-        store.open_writer, key, max_size=min(limits.max_blob_bytes, max(available, 0))
-    )
+    # Worker-thread hops are what a small upload costs most: one to prepare, one to finish.
+    available, writer = await run_in_threadpool(prepare)
     head = bytearray()
-    try:
-        await _receive_into(request, writer, head)
+
+    def finish(rest: bytes) -> JSONResponse:
+        writer.write(rest)
         if declared is not None and writer.size != declared:
             raise Problem(400, f"received {writer.size} bytes, Content-Length said {declared}")
-        info = await run_in_threadpool(writer.commit)
+        info = writer.commit()
+        peeked = recipient_key_ids_of(bytes(head))
+        try:
+            record, replaced = record_it(info, peeked)
+        except (Problem, IntegrityError) as exc:
+            db.rollback()
+            store.delete(info.key)
+            if isinstance(exc, Problem):
+                raise
+            raise Problem(409, f"a blob named {name!r} was uploaded at the same time") from None
+        if replaced is not None:
+            store.delete(replaced.storage_key)
+        return JSONResponse(
+            blob_metadata(record, user.name),
+            status_code=201,
+            headers={"Location": f"/v1/blobs/{name}"},
+        )
+
+    def record_it(
+        info: BlobInfo, peeked: tuple[int, list[str]] | None
+    ) -> tuple[BlobRecord, Row[*tuple[Any, ...]] | None]:
+        # Checked again under the owner's lock now that the size is known: uploads run in
+        # parallel, on this replica and on others, and only one at a time may pass the quota.
+        with user_write_transaction(db, user.id):
+            current = db.execute(_BLOB_SLOT, slot).first()
+            if current is not None and not replace:
+                raise Problem(409, f"a blob named {name!r} was uploaded at the same time")
+            used_now = _used_bytes(db, user.id)
+            if used_now - (current.size if current else 0) + info.size > limits.quota_bytes:
+                raise _too_large(
+                    _quota_message(limits, used_now, info.size), quota=limits.quota_bytes
+                )
+            if current is not None:
+                # Its recipients go with it (ON DELETE CASCADE), without loading them.
+                db.execute(delete(BlobRecord).where(BlobRecord.id == current.id))
+            record = BlobRecord(
+                owner_id=user.id,
+                name=name,
+                storage_key=info.key,
+                size=info.size,
+                sha256=info.sha256,
+                created_at=utcnow(),
+                envelope_version=peeked[0] if peeked else None,
+                recipients=[BlobRecipient(key_id=k) for k in (peeked[1] if peeked else [])],
+            )
+            db.add(record)
+            db.commit()
+        return record, current
+
+    try:
+        rest = await _receive_into(request, writer, head)
+        return await run_in_threadpool(finish, rest)
     except TooLarge:
         if available >= limits.max_blob_bytes:
             raise _too_large(
                 f"the blob is over the server's limit of {limits.max_blob_bytes} bytes per blob",
                 limit=limits.max_blob_bytes,
             ) from None
-        raise _too_large(_quota_message(limits, used, None), quota=limits.quota_bytes) from None
+        raise _too_large(_quota_message(limits, None, None), quota=limits.quota_bytes) from None
     except ClientDisconnect:
         # The client went away half way: throw the partial blob away, answer nobody.
         return JSONResponse({}, status_code=400)
     finally:
         await _abort(writer)  # a no-op once committed
 
-    peeked = await run_in_threadpool(recipient_key_ids_of, bytes(head))
-
-    def record_it() -> BlobRecord:
-        # The quota is checked again now that the size is known: uploads may run in parallel.
-        if _used_bytes(db, user.id) - (existing.size if existing else 0) + info.size > (
-            limits.quota_bytes
-        ):
-            raise _too_large(_quota_message(limits, used, info.size), quota=limits.quota_bytes)
-        if existing is not None:
-            db.delete(existing)
-            db.flush()
-        record = BlobRecord(
-            owner_id=user.id,
-            name=name,
-            storage_key=info.key,
-            size=info.size,
-            sha256=info.sha256,
-            created_at=utcnow(),
-            envelope_version=peeked[0] if peeked else None,
-            recipients=[BlobRecipient(key_id=k) for k in (peeked[1] if peeked else [])],
-        )
-        db.add(record)
-        db.commit()
-        return record
-
-    try:
-        record = await run_in_threadpool(record_it)
-    except (Problem, IntegrityError) as exc:
-        await run_in_threadpool(db.rollback)
-        await run_in_threadpool(store.delete, info.key)
-        if isinstance(exc, Problem):
-            raise
-        raise Problem(409, f"a blob named {name!r} was uploaded at the same time") from None
-    if existing is not None:
-        await run_in_threadpool(store.delete, existing.storage_key)
-    return JSONResponse(
-        blob_metadata(record, user.name),
-        status_code=201,
-        headers={"Location": f"/v1/blobs/{name}"},
-    )
-
 
 async def _abort(writer: BlobWriter) -> None:
     """Abort in a worker thread; in the event loop itself if the request was cancelled."""
+    if writer.finished:
+        return
     try:
         await run_in_threadpool(writer.abort)
     except asyncio.CancelledError:
@@ -466,16 +492,17 @@ async def _abort(writer: BlobWriter) -> None:
         raise
 
 
-def _quota_message(limits: BlobSettings, used: int, size: int | None) -> str:
+def _quota_message(limits: BlobSettings, used: int | None, size: int | None) -> str:
     what = f"{size} more bytes" if size is not None else "this blob"
-    return (
-        f"storing {what} would put you over your quota of {limits.quota_bytes} bytes "
-        f"({used} bytes used)"
-    )
+    usage = f" ({used} bytes used)" if used is not None else ""
+    return f"storing {what} would put you over your quota of {limits.quota_bytes} bytes{usage}"
 
 
-async def _receive_into(request: Request, writer: BlobWriter, head: bytearray) -> None:
-    """Feed the request body into `writer`, keeping the first bytes for the header peek."""
+async def _receive_into(request: Request, writer: BlobWriter, head: bytearray) -> bytes:
+    """Feed the request body into `writer`, keeping the first bytes for the header peek.
+
+    Returns the last (under `_WRITE_BATCH`) bytes unwritten, for the caller's final hop.
+    """
     batch = bytearray()
     async for chunk in request.stream():
         if len(head) < HEADER_PEEK_BYTES:
@@ -484,8 +511,7 @@ async def _receive_into(request: Request, writer: BlobWriter, head: bytearray) -
         if len(batch) >= _WRITE_BATCH:
             await run_in_threadpool(writer.write, bytes(batch))
             batch.clear()
-    if batch:
-        await run_in_threadpool(writer.write, bytes(batch))
+    return bytes(batch)
 
 
 @router.get("/{name}/meta", responses=problem_responses(403, 404))
@@ -494,37 +520,54 @@ def blob_meta(
 ) -> dict[str, Any]:
     """Size, SHA-256, created-at, owner and recipients' key ids of a readable blob."""
     record = _readable_blob(db, user, owner, name)
-    return blob_metadata(record, _owner_name(db, record, user))
+    meta = blob_metadata(record, _owner_name(db, record, user))
+    end_read(db)
+    return meta
 
 
 @router.head("/{name}", response_model=None, operation_id="head_blob", responses=_DOWNLOAD)
 @router.get("/{name}", response_model=None, operation_id="download_blob", responses=_DOWNLOAD)
-def download_blob(
+async def download_blob(
     name: BlobName,
     request: Request,
-    db: DbDep,
-    user: CurrentUser,
+    credentials: BearerDep,
     store: StoreDep,
     owner: str | None = None,
 ) -> Response:
     """The blob's bytes, streamed; a single `Range` gives 206 with Content-Range."""
-    record = _readable_blob(db, user, owner, name)
-    headers = _digest_headers(record)
-    size = record.size
-    wanted = _parse_range(request.headers.get("range"), size)
-    if wanted is None:
-        first, last, status = 0, size - 1, 200
-    else:
-        first, last = wanted
-        status = 206
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    headers["Content-Length"] = str(last - first + 1)
-    if request.method == "HEAD":
-        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    chunks = store.read(record.storage_key, first, last) if last >= first else iter(())
-    return StreamingResponse(
-        chunks, status_code=status, headers=headers, media_type="application/octet-stream"
-    )
+
+    def fetch(db: Session, auth: Authenticated) -> Response:
+        try:
+            return answer(_readable_blob(db, auth.user, owner, name))
+        except NotFoundOnServer:
+            # Replaced between the lookup and the read (the old bytes are deleted once the
+            # new record is committed): the new record is there now.
+            return answer(_readable_blob(db, auth.user, owner, name))
+        finally:
+            end_read(db)
+
+    def answer(record: BlobRecord) -> Response:
+        headers = _digest_headers(record)
+        size = record.size
+        wanted = _parse_range(request.headers.get("range"), size)
+        if wanted is None:
+            first, last, status = 0, size - 1, 200
+        else:
+            first, last = wanted
+            status = 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        headers["Content-Length"] = str(last - first + 1)
+        media = "application/octet-stream"
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers, media_type=media)
+        chunks = store.read(record.storage_key, first, last) if last >= first else iter(())
+        if last - first < _WRITE_BATCH:
+            # Small: read here, in this thread, instead of a worker-thread hop per chunk.
+            return Response(b"".join(chunks), status_code=status, headers=headers, media_type=media)
+        return StreamingResponse(chunks, status_code=status, headers=headers, media_type=media)
+
+    # Authentication, the lookup and (for small blobs) the read in one worker thread.
+    return await run_authenticated(request, credentials, fetch)
 
 
 @router.delete("/{name}", status_code=204, responses=problem_responses(403, 404))
@@ -550,6 +593,7 @@ def delete_blob(
 
 @router.put(
     "/{name}/header",
+    responses=problem_responses(403, 404, 409, 412, 428),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -560,7 +604,7 @@ def delete_blob(
     },
 )
 async def replace_blob_header(
-    name: str,
+    name: BlobName,
     request: Request,
     db: DbDep,
     user: CurrentUser,

@@ -58,9 +58,22 @@ class ServerSettings:
     auto_approve: bool = False
     api_token_ttl_seconds: int = 30 * 24 * 3600
     enrolment_ttl_seconds: int = 7 * 24 * 3600
-    #: Failed authentications allowed per client IP and per user name in one window.
+    #: Failed enrolments allowed per (client address, user name) before backoff starts.
     auth_failures_allowed: int = 10
+    #: Failed enrolments allowed per user name from all addresses together.
+    auth_account_failures_allowed: int = 50
+    #: Unknown, expired or revoked API tokens allowed per client address.
+    auth_address_failures_allowed: int = 100
+    #: A counter starts again after this long without a failure.
     auth_failure_window_seconds: int = 15 * 60
+    #: Past a limit, each failure doubles the wait (1 s, 2 s, 4 s, ...) up to this.
+    auth_backoff_max_seconds: int = 15 * 60
+    #: Threads per worker process for blocking work (database, token, blob store); the
+    #: database pool holds as many connections, so a thread never waits for a connection
+    #: that a request waiting for a thread holds.
+    worker_threads: int = 16
+    #: How long a request may wait for a database connection before it is answered 503.
+    db_pool_timeout_seconds: float = 5.0
     #: Upper bound for JSON request bodies (blob uploads set their own limit).
     max_json_bytes: int = 64 * 1024
     #: The oldest signed tree head clients accept by default (announced in GET /v1/log/head;
@@ -77,6 +90,17 @@ class ServerSettings:
             raise ConfigError("log_max_age_seconds must be at least 3600")
         if self.max_json_bytes < 1024:
             raise ConfigError("max_json_bytes must be at least 1024")
+        limits = (
+            self.auth_failures_allowed,
+            self.auth_account_failures_allowed,
+            self.auth_address_failures_allowed,
+            self.auth_failure_window_seconds,
+            self.auth_backoff_max_seconds,
+        )
+        if min(limits) < 1:
+            raise ConfigError("failed-authentication limits and times must be at least 1")
+        if self.worker_threads < 1 or self.db_pool_timeout_seconds <= 0:
+            raise ConfigError("worker_threads and db_pool_timeout_seconds must be positive")
         if self.database_url and _url_password(self.database_url):
             raise ConfigError(
                 "the database URL holds a password, which would be kept in server.json",
@@ -141,18 +165,31 @@ class ServerSettings:
                 hint=f"Give the server a PIN file (--pin-file) or set {SERVER_PIN_ENV}.",
             ) from None
 
-    def save(self) -> None:
-        """Write `server.json` into the data folder (mode 0600: it names the PIN file)."""
-        from hsm_vault.config import write_private_file
-
+    def _body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"version": SETTINGS_VERSION}
         for key, value in asdict(self).items():
             if key == "data_dir":
                 continue
             body[key] = str(value) if isinstance(value, Path) else value
+        return body
+
+    def save(self) -> None:
+        """Write `server.json` into the data folder (mode 0600: it names the PIN file)."""
+        from hsm_vault.config import write_private_file
+
         write_private_file(
-            self.settings_path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+            self.settings_path,
+            (json.dumps(self._body(), indent=2, sort_keys=True) + "\n").encode(),
         )
+
+    def to_json(self) -> str:
+        """These settings, overrides included, as one JSON text (handed to worker processes)."""
+        return json.dumps({**self._body(), "data_dir": str(self.data_dir)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerSettings:
+        raw = json.loads(text)
+        return cls._from_raw(Path(raw.pop("data_dir")), raw, "the settings given")
 
     @classmethod
     def load(cls, data_dir: Path) -> ServerSettings:
@@ -167,6 +204,10 @@ class ServerSettings:
             ) from None
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
+        return cls._from_raw(data_dir, raw, str(path))
+
+    @classmethod
+    def _from_raw(cls, data_dir: Path, raw: Any, path: str) -> ServerSettings:
         if not isinstance(raw, dict) or raw.pop("version", None) != SETTINGS_VERSION:
             raise ConfigError(f"{path} is not a version {SETTINGS_VERSION} server settings file")
         known = {f.name for f in fields(cls)} - {"data_dir"}

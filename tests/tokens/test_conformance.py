@@ -191,7 +191,7 @@ def test_unreported_local_is_refused_without_the_officers_allowance(
     refused = cli(rig, bare, "key", "generate", "not-allowed", "--token", rig.label)
     assert_one_line_error(refused, "CKA_LOCAL false", "allow-unreported-local")
     listed = json.loads(ok(cli(rig, rig_home, "key", "list", "-t", rig.label, "--json")).stdout)
-    assert "not-allowed" not in [k["label"] for k in listed]  # deleted again
+    assert "not-allowed" not in [k["label"] for k in listed["keys"]]  # deleted again
 
 
 def test_token_list(rig: TokenRig, rig_home: Path) -> None:
@@ -217,7 +217,7 @@ def test_the_uri_token_info_prints_selects_the_token(rig: TokenRig, rig_home: Pa
     )
     uri = data["token"]["uri"]
     listed = ok(cli(rig, rig_home, "key", "list", "--token", uri, "--json"))
-    assert isinstance(json.loads(listed.stdout), list)
+    assert isinstance(json.loads(listed.stdout)["keys"], list)
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_key_generate(rig: TokenRig, rig_home: Path, key_type: str) -> None:
     assert info["type"] == key_type
     assert info["attributes"]["sensitive"] is True and info["attributes"]["extractable"] is False
     listed = json.loads(ok(cli(rig, rig_home, "key", "list", "-t", rig.label, "--json")).stdout)
-    assert key_label(key_type) in [k["label"] for k in listed]
+    assert key_label(key_type) in [k["label"] for k in listed["keys"]]
 
 
 # --- cards ----------------------------------------------------------------------------------

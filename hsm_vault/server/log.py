@@ -219,11 +219,8 @@ def head_in(db: Session, app_key: ApplicationKey, max_age_seconds: int) -> str:
     state = _state(db, lock=False)
     if _current(state, max_age_seconds) and state.head is not None:
         return state.head
-    # Take the write lock first (a no-op write: the row lock on PostgreSQL, the database
-    # write lock on SQLite), then look again: a concurrent request may have signed meanwhile.
-    db.execute(
-        update(LogStateRecord).where(LogStateRecord.id == STATE_ID).values(id=LogStateRecord.id)
-    )
+    # Under the write lock, look again: a concurrent request may have signed meanwhile.
+    _lock_state(db)
     db.refresh(state)
     if _current(state, max_age_seconds) and state.head is not None:
         return state.head

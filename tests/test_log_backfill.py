@@ -105,7 +105,8 @@ def test_a_database_from_before_the_log_is_backfilled_and_verifies(tmp_path: Pat
             LogEntry.from_text(r.body)
             for r in db.query(log.LogEntryRecord).order_by(log.LogEntryRecord.index)
         ]
-        head = SignedTreeHead.from_text(log.head_in(db, app, 24 * 3600))  # type: ignore[arg-type]
+        text = log.current_head(db, sessions, app, 24 * 3600)  # type: ignore[arg-type]
+        head = SignedTreeHead.from_text(text)
         assert all(r.log_index is not None for r in db.query(CardRecord))
     engine.dispose()
     kinds = [e.kind.value for e in entries]

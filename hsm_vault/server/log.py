@@ -212,19 +212,22 @@ def _sign(db: Session, app_key: ApplicationKey, state: LogStateRecord) -> str:
     return text
 
 
-def head_in(db: Session, app_key: ApplicationKey, max_age_seconds: int) -> str:
-    """The signed head of the log as `db`'s transaction sees it, signing a new one when the
-    log grew or the last is older than 1/24 of the maximum age (the server's setting, or the
-    policy's if shorter). The caller commits."""
-    state = _state(db, lock=False)
-    if _current(state, max_age_seconds) and state.head is not None:
+def current_head(db: Session, sessions: Any, app_key: ApplicationKey, max_age_seconds: int) -> str:
+    """The current signed head: read with `db` (one primary-key read; read paths run it in
+    autocommit), or, when the log grew or the last head is older than 1/24 of the maximum age
+    (the server's setting, or the policy's if shorter), signed anew in a short transaction
+    of its own (`sessions`) under the log's write lock."""
+    state = db.get(LogStateRecord, STATE_ID)
+    if state is not None and state.head is not None and _current(state, max_age_seconds):
         return state.head
-    # Under the write lock, look again: a concurrent request may have signed meanwhile.
-    _lock_state(db)
-    db.refresh(state)
-    if _current(state, max_age_seconds) and state.head is not None:
-        return state.head
-    return _sign(db, app_key, state)
+    with sessions() as writer:
+        _lock_state(writer)
+        state = _state(writer, lock=True)
+        text = state.head
+        if text is None or not _current(state, max_age_seconds):
+            text = _sign(writer, app_key, state)
+        writer.commit()
+        return text
 
 
 def _current(state: LogStateRecord, max_age_seconds: int) -> bool:
@@ -336,13 +339,19 @@ def entries_between(db: Session, start: int, end: int) -> list[str]:
 
 
 def card_logs(
-    db: Session, cache: LogCache, head_text: str, records: Sequence[Any]
+    db: Session,
+    cache: LogCache,
+    head_text: str,
+    records: Sequence[Any],
+    bodies: dict[int, str] | None = None,
 ) -> dict[str, dict[str, Any] | None]:
     """For each card record, its approval and latest status entries with their proofs in
-    the head (None for cards the log does not hold: pending, rejected)."""
+    the head (None for cards the log does not hold: pending, rejected). `bodies` are the
+    entries when the caller read them with the records (the card search joins them)."""
     head = cache.parsed(head_text)
     wanted = [i for r in records for i in (r.log_index, r.status_index) if i is not None]
-    bodies = entry_bodies(db, wanted)
+    if bodies is None:
+        bodies = entry_bodies(db, wanted)
     proofs = cache.proofs(db, head, wanted)
 
     def one(index: int | None) -> dict[str, Any] | None:

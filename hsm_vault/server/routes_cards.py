@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import Row, bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from hsm_vault.cards.model import (
     PREVIOUS,
@@ -152,17 +152,17 @@ def _owner_names(db: Session, records: list[CardRecord]) -> dict[int, str]:
 
 def _attach_logs(
     db: Session,
+    sessions: Any,
     app_key: ApplicationKey,
     settings: Any,
     cache: log.LogCache,
     records: Sequence[Any],
     cards: list[CardOut],
+    bodies: dict[int, str] | None = None,
 ) -> str:
     """Give each card its log proofs in the current signed head; returns the head."""
-    head = log.head_in(db, app_key, settings.log_max_age_seconds)
-    if db.new or db.dirty:
-        db.commit()  # a fresh head was signed
-    logs = log.card_logs(db, cache, head, records)
+    head = log.current_head(db, sessions, app_key, settings.log_max_age_seconds)
+    logs = log.card_logs(db, cache, head, records, bodies)
     for out in cards:
         out.log = logs.get(out.id)
     return head
@@ -173,7 +173,9 @@ def _list_out(db: Session, records: list[CardRecord], request: Request) -> CardL
     names = _owner_names(db, records)
     cards = [_out(r, names.get(r.owner_id, "?")) for r in records]
     state = request.app.state
-    head = _attach_logs(db, _app_key(request), state.settings, state.log_cache, records, cards)
+    head = _attach_logs(
+        db, state.sessionmaker, _app_key(request), state.settings, state.log_cache, records, cards
+    )
     return CardListOut(cards=cards, log_head=head)
 
 
@@ -265,9 +267,19 @@ def publish_card(
 
 
 #: Card search, built once; plain columns (no ORM objects to build): it is the hot path.
+_APPROVAL = aliased(log.LogEntryRecord)
+_STATUS = aliased(log.LogEntryRecord)
 _SEARCH = (
-    select(*CardRecord.__table__.columns, User.name.label("owner"))
+    select(
+        *CardRecord.__table__.columns,
+        User.name.label("owner"),
+        _APPROVAL.body.label("approval_entry"),
+        _STATUS.body.label("status_entry"),
+    )
     .join(User, User.id == CardRecord.owner_id)
+    # The card's log entries come with it: no second query on the hot path.
+    .outerjoin(_APPROVAL, _APPROVAL.index == CardRecord.log_index)
+    .outerjoin(_STATUS, _STATUS.index == CardRecord.status_index)
     .where(
         CardRecord.identity == bindparam("identity"),
         CardRecord.status == CardStatus.APPROVED.value,
@@ -289,7 +301,11 @@ async def search_cards(
     def search(db: Session, _auth: Authenticated) -> CardListOut:
         rows = db.execute(_SEARCH, {"identity": identity}).all()
         cards = [_out(row, row.owner) for row in rows]
-        head = _attach_logs(db, app_key, state.settings, state.log_cache, rows, cards)
+        bodies = {r.log_index: r.approval_entry for r in rows if r.approval_entry is not None}
+        bodies.update((r.status_index, r.status_entry) for r in rows if r.status_entry is not None)
+        head = _attach_logs(
+            db, state.sessionmaker, app_key, state.settings, state.log_cache, rows, cards, bodies
+        )
         return CardListOut(cards=cards, log_head=head)
 
     # The hot path: authentication, search and proofs in one worker thread.

@@ -46,9 +46,9 @@ class SignedHeadOut(BaseModel):
 
 def _head(request: Request, db: DbDep) -> tuple[str, SignedTreeHead]:
     settings = request.app.state.settings
-    text = log.head_in(db, request.app.state.app_key, settings.log_max_age_seconds)
-    if db.new or db.dirty:
-        db.commit()
+    text = log.current_head(
+        db, request.app.state.sessionmaker, request.app.state.app_key, settings.log_max_age_seconds
+    )
     cache: log.LogCache = request.app.state.log_cache
     return text, cache.parsed(text)
 

@@ -473,8 +473,9 @@ def inspect(
         for entry in Keyring().entries():
             known[entry.card.key_id] = entry.card.identity
             cards[entry.card.id] = entry.card.identity
-    recipients = [
-        {
+
+    def describe(entry: Any) -> dict[str, Any]:
+        return {
             "key_id": entry.key_id.hex(),
             "key_type": entry.key_type.value,
             "wrap": "ecdh-x963kdf-sha256-aes256-wrap"
@@ -482,8 +483,17 @@ def inspect(
             else f"rsa-oaep-{entry.oaep_hash}",
             "identity": known.get(entry.key_id),
         }
-        for entry in header.recipients
-    ]
+
+    recipients = [describe(entry) for entry in header.recipients]
+    recovery: dict[str, Any] | None = None
+    if header.recovery is not None:
+        recovery = {
+            "threshold": header.recovery.threshold,
+            "shares": [
+                {"index": i + 1, **describe(entry)}
+                for i, entry in enumerate(header.recovery.shares)
+            ],
+        }
     signer = None
     if header.signer is not None:
         signer = {
@@ -494,20 +504,21 @@ def inspect(
         }
     info = {
         "file": str(file),
-        "version": 1,
+        "version": header.version,
         "header_size": len(header.raw),
         "plaintext_size": plaintext_size,
         "chunk_size": header.payload.chunk_size,
         "payload": header.payload.algorithm,
         "recipients": recipients,
         "signer": signer,
+        "recovery": recovery,
     }
     if json_out:
         print_json(info)
         return
     out = typer.echo
     out(f"file:       {file}")
-    out("format:     hsm-vault v1, " + header.payload.algorithm)
+    out(f"format:     hsm-vault v{header.version}, " + header.payload.algorithm)
     if plaintext_size is None:
         out(
             "size:       UNKNOWN: the file's size fits no complete file; it was truncated or "
@@ -523,6 +534,12 @@ def inspect(
     for r in recipients:
         name = f"  {r['identity']}" if r["identity"] else ""
         out(f"  {r['key_id']}  {r['key_type']:9} {r['wrap']}{name}")
+    if recovery is not None:
+        shares = recovery["shares"]
+        out(f"recovery:   any {recovery['threshold']} of {len(shares)} share holders")
+        for r in shares:
+            name = f"  {r['identity']}" if r["identity"] else ""
+            out(f"  {r['index']}: {r['key_id']}  {r['key_type']:9} {r['wrap']}{name}")
     if signer is None:
         out("signer:     none")
     else:

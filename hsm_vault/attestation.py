@@ -69,6 +69,8 @@ FORM_FACTORS: Final = {
     0x07: "usb-c-bio",
 }
 _FORM_FACTOR_FLAGS: Final = {0x80: "fips", 0x40: "cspn"}
+FORM_FACTOR_PATTERN: Final = r"[a-z0-9-]{1,32}(\+(fips|cspn)){0,2}"
+"""Every form factor `_form_factor` can name (cards check the one they state against it)."""
 
 
 @dataclass(frozen=True)

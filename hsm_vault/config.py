@@ -32,6 +32,29 @@ def data_dir() -> Path:
     return Path(home) / "data" if home else Path(platformdirs.user_data_dir(APP_NAME))
 
 
+ATTESTATION_ROOTS_ENV = "HSM_VAULT_ATTESTATION_ROOTS"
+
+
+def attestation_roots() -> tuple[Any, ...]:
+    """The key-attestation roots this process trusts (x509 certificates): Yubico's pinned PIV
+    root, and the roots of the PEM file $HSM_VAULT_ATTESTATION_ROOTS names (a private
+    attestation CA, or the virtual YubiKey's test root in tests). Client and server alike."""
+    from hsm_vault.attestation import load_roots, yubico_roots
+    from hsm_vault.errors import AttestationError
+
+    roots = yubico_roots()
+    path = os.environ.get(ATTESTATION_ROOTS_ENV)
+    if path:
+        try:
+            pem = Path(path).read_bytes()
+        except OSError as exc:
+            raise AttestationError(
+                f"cannot read {ATTESTATION_ROOTS_ENV} file {path}: {exc.strerror}"
+            ) from None
+        roots += load_roots(pem)
+    return roots
+
+
 def config_path() -> Path:
     override = os.environ.get("HSM_VAULT_CONFIG")
     return Path(override) if override else config_dir() / "config.json"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.x509 import load_der_x509_certificate
 
 from hsm_vault.cards import Card, RevocationStatement
 from hsm_vault.errors import CardFormatError, CardVerificationError
@@ -35,14 +36,20 @@ def run_vector(fields: dict[str, list[str]]) -> None:
     for entry in fields.get("trust", []):
         signer, spki_hex = entry.split(" ")
         trusted.setdefault(signer, []).append(bytes.fromhex(spki_hex))
+    # Attestation roots the verifier trusts (DER, hex); none given: Yubico's pinned root only.
+    roots = tuple(
+        load_der_x509_certificate(bytes.fromhex(r)) for r in fields.get("attestation-root", [])
+    )
     policy = TrustPolicy(
         required=frozenset(fields.get("require", [])),
         trusted={k: tuple(v) for k, v in trusted.items()},
+        attestation_roots=roots or None,
     )
     if "policy" in fields:
-        # A signed server policy: the app key and the officers' approvals it requires.
+        # A signed server policy: the app key, the officers' approvals and the attestation
+        # rule it requires.
         signed = SignedPolicy.from_text(fields["policy"][0])
-        policy = signed.card_trust(trusted["app"][0])
+        policy = signed.card_trust(trusted["app"][0], roots or None)
     if "revocation" in fields:
         card = Card.from_text(fields["card"][0])
         statement = RevocationStatement.from_text(fields["revocation"][0])

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from hsm_vault.algorithms import KeyType, SignatureAlgorithm, verify_signature
+from hsm_vault.attestation import verify_attestation, yubico_roots
 from hsm_vault.cards.model import (
     PREVIOUS,
     SELF,
     Card,
+    CardAttestation,
     CardSignature,
     CardSnapshot,
     IdentityType,
@@ -55,6 +57,8 @@ class SigningSession(Protocol):
     def oaep_hash(self, key: Any) -> str: ...
 
     def check_can_decrypt(self, key: Any) -> None: ...
+
+    def attestation(self, key: Any) -> tuple[bytes, bytes] | None: ...
 
 
 def default_identity_type(identity: str) -> IdentityType:
@@ -110,6 +114,7 @@ def build_snapshot(
     data: Mapping[str, str] | None = None,
     created_at: str | None = None,
     previous_id: str | None = None,
+    attestation: CardAttestation | None = None,
 ) -> CardSnapshot:
     """A validated snapshot; the wrap method follows from the key type."""
     return CardSnapshot(
@@ -126,6 +131,29 @@ def build_snapshot(
         created_at=created_at or now_utc(),
         previous_id=previous_id,
         provenance=provenance,
+        attestation=attestation,
+    )
+
+
+def read_attestation(
+    session: SigningSession, key: TokenKey, roots: tuple[Any, ...] | None = None
+) -> CardAttestation | None:
+    """The token's attestation of `key`, verified to `roots` (None: Yubico's pinned PIV root),
+    as a card records it; None when the token offers none. Raises `AttestationError` for a
+    chain that does not verify, so no card records an attestation that was not checked."""
+    certificates = session.attestation(key)
+    if certificates is None:
+        return None
+    found = verify_attestation(
+        *certificates, key.spki_der, yubico_roots() if roots is None else roots
+    )
+    return CardAttestation(
+        chain=certificates,
+        serial=found.serial,
+        firmware=found.firmware,
+        pin_policy=found.pin_policy,
+        touch_policy=found.touch_policy,
+        form_factor=found.form_factor,
     )
 
 
@@ -139,12 +167,16 @@ def create_card(
     data: Mapping[str, str] | None = None,
     previous: tuple[Card, TokenKey] | None = None,
     created_at: str | None = None,
+    attest: bool = True,
+    attestation_roots: tuple[Any, ...] | None = None,
 ) -> Card:
     """Make a card for `key` and sign it "self" on the token (and "previous" when rotating).
 
     Refuses (`KeyPolicyError`) a key the token does not report as local, never extractable and
     always sensitive. For RSA keys the OAEP hash the token accepts is probed and recorded.
-    `previous` is (old card, old card's key on a token of the same session).
+    `previous` is (old card, old card's key on a token of the same session). A token that
+    attests its keys (a YubiKey) has the attestation read, verified to `attestation_roots`
+    and recorded (unless `attest` is off); a chain that does not verify makes no card.
     """
     check_key_protection(key)
     scope = tuple(scope)
@@ -173,6 +205,7 @@ def create_card(
                 "rotation needs a new key: the new card uses the same key as the previous one",
                 hint="Generate a new key with 'hsm-vault key generate' first.",
             )
+    attestation = read_attestation(session, key, attestation_roots) if attest else None
     snapshot = build_snapshot(
         identity=identity,
         identity_type=identity_type
@@ -185,6 +218,7 @@ def create_card(
         data=data,
         created_at=created_at,
         previous_id=previous_card.id if previous_card is not None else None,
+        attestation=attestation,
     )
     card = Card(snapshot)
     algorithm = key.key_type.signature_algorithm

@@ -26,6 +26,7 @@ from hsm_vault.algorithms import (
     load_spki,
     spki_fingerprint,
 )
+from hsm_vault.attestation import FORM_FACTOR_PATTERN, PIN_POLICIES, TOUCH_POLICIES
 from hsm_vault.cards.canonical import (
     b64url_decode,
     b64url_encode,
@@ -181,6 +182,100 @@ def short_form(hex_digest: str, groups: int = 6) -> str:
     return " ".join(upper[i * 4 : i * 4 + 4] for i in range(groups))
 
 
+MAX_CERTIFICATE = 4096
+_FIRMWARE = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
+
+
+@dataclass(frozen=True)
+class CardAttestation:
+    """What the device that made the key attested, and the certificates that say so.
+
+    `chain` is (the slot's attestation certificate, the device certificate that signed it),
+    DER. The format is checked here; whether the chain verifies, to which roots, and whether it
+    says what the other fields say is decided by `hsm_vault.trust.verify_card` (rule V10).
+    """
+
+    chain: tuple[bytes, ...]
+    serial: int
+    firmware: str
+    pin_policy: str
+    touch_policy: str
+    form_factor: str
+
+    def __post_init__(self) -> None:
+        from cryptography import x509
+
+        chain = tuple(self.chain)
+        if len(chain) != 2:
+            raise CardFormatError(
+                "the attestation chain must be two certificates (attestation, device)"
+            )
+        for der in chain:
+            if not isinstance(der, bytes) or not 0 < len(der) <= MAX_CERTIFICATE:
+                raise CardFormatError(
+                    f"an attestation certificate must be 1 to {MAX_CERTIFICATE} bytes of DER"
+                )
+            try:
+                x509.load_der_x509_certificate(der)
+            except ValueError:
+                raise CardFormatError("an attestation certificate is not DER X.509") from None
+        object.__setattr__(self, "chain", chain)
+        if type(self.serial) is not int or not 0 <= self.serial < 2**53:
+            raise CardFormatError("the attested serial must be a whole number from 0")
+        if not isinstance(self.firmware, str) or _FIRMWARE.fullmatch(self.firmware) is None:
+            raise CardFormatError("the attested firmware must look like 5.4.3")
+        if any(int(part) > 255 for part in self.firmware.split(".")):
+            raise CardFormatError("the attested firmware must look like 5.4.3")
+        if self.pin_policy not in PIN_POLICIES.values():
+            raise CardFormatError(f"unknown attested PIN policy {self.pin_policy!r}")
+        if self.touch_policy not in TOUCH_POLICIES.values():
+            raise CardFormatError(f"unknown attested touch policy {self.touch_policy!r}")
+        if (
+            not isinstance(self.form_factor, str)
+            or re.fullmatch(FORM_FACTOR_PATTERN, self.form_factor) is None
+        ):
+            raise CardFormatError(f"bad attested form factor {self.form_factor!r}")
+
+    @property
+    def attestation_der(self) -> bytes:
+        return self.chain[0]
+
+    @property
+    def device_der(self) -> bytes:
+        return self.chain[1]
+
+    def stated(self) -> dict[str, Any]:
+        """The attested fields (without the chain), as `Attestation.as_json` names them."""
+        return {
+            "serial": self.serial,
+            "firmware": self.firmware,
+            "pin_policy": self.pin_policy,
+            "touch_policy": self.touch_policy,
+            "form_factor": self.form_factor,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chain": [b64url_encode(der) for der in self.chain], **self.stated()}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> CardAttestation:
+        obj = _exact_keys(
+            obj,
+            ("chain", "firmware", "form_factor", "pin_policy", "serial", "touch_policy"),
+            "attestation",
+        )
+        if not isinstance(obj["chain"], list):
+            raise CardFormatError("the attestation chain must be a list")
+        return cls(
+            chain=tuple(b64url_decode(c, "attestation certificate") for c in obj["chain"]),
+            serial=obj["serial"],
+            firmware=obj["firmware"],
+            pin_policy=obj["pin_policy"],
+            touch_policy=obj["touch_policy"],
+            form_factor=obj["form_factor"],
+        )
+
+
 # --- the snapshot --------------------------------------------------------------------------------
 
 
@@ -276,6 +371,9 @@ class CardSnapshot:
     created_at: str
     previous_id: str | None
     provenance: TokenProvenance
+    #: What the device attested about the key; None: not attested (the field is then absent,
+    #: so cards made before attestation keep their bytes and ids).
+    attestation: CardAttestation | None = None
     version: int = CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -335,13 +433,15 @@ class CardSnapshot:
             hex_digest_field(self.previous_id, "previous card id")
         if not isinstance(self.provenance, TokenProvenance):
             raise CardFormatError("the provenance must be a TokenProvenance")
+        if self.attestation is not None and not isinstance(self.attestation, CardAttestation):
+            raise CardFormatError("the attestation must be a CardAttestation")
 
     def to_json(self) -> dict[str, Any]:
         """The snapshot as a JSON object (see docs/cards.md for the field list)."""
         wrap: dict[str, Any] = {"method": self.wrap_method.value}
         if self.oaep_hash is not None:
             wrap["oaep_hash"] = self.oaep_hash
-        return {
+        body: dict[str, Any] = {
             "created_at": self.created_at,
             "data": dict(self.data),
             "identity": self.identity,
@@ -354,6 +454,9 @@ class CardSnapshot:
             "version": self.version,
             "wrap": wrap,
         }
+        if self.attestation is not None:
+            body["attestation"] = self.attestation.to_json()
+        return body
 
     def to_bytes(self) -> bytes:
         """The canonical snapshot bytes (the card id is their SHA-256)."""
@@ -364,6 +467,10 @@ class CardSnapshot:
         """Build a snapshot from its JSON object, checking every field."""
         if isinstance(obj, dict) and not is_version(obj.get("version"), CARD_VERSION):
             raise CardFormatError(f"unknown card snapshot version {obj.get('version')!r}")
+        attestation = None
+        if isinstance(obj, dict) and "attestation" in obj:
+            obj = dict(obj)
+            attestation = CardAttestation.from_json(obj.pop("attestation"))
         obj = _exact_keys(
             obj,
             (
@@ -405,6 +512,7 @@ class CardSnapshot:
             created_at=obj["created_at"],
             previous_id=obj["previous"],
             provenance=TokenProvenance.from_json(obj["provenance"]),
+            attestation=attestation,
             version=obj["version"],
         )
 
@@ -526,6 +634,11 @@ class Card:
     @property
     def created_at(self) -> str:
         return self.snapshot.created_at
+
+    @property
+    def attestation(self) -> CardAttestation | None:
+        """What the card states its device attested (verified by `verify_card`), or None."""
+        return self.snapshot.attestation
 
     @property
     def key_id(self) -> bytes:

@@ -39,14 +39,14 @@ from hsm_vault.cli.common import (
     split_token_from_key,
     token_session,
 )
-from hsm_vault.config import Config, write_private_file
+from hsm_vault.config import Config, attestation_roots, write_private_file
 from hsm_vault.errors import (
     CardError,
     CardNotFound,
     FileExistsRefused,
     UsageError,
 )
-from hsm_vault.trust import TrustAnchors, TrustPolicy, verify_card
+from hsm_vault.trust import TrustAnchors, TrustPolicy, verify_card, verify_card_attestation
 from hsm_vault.trust.anchors import PINNED_POLICY_KEY
 
 card_app = typer.Typer(
@@ -92,7 +92,10 @@ def pinned_anchors() -> TrustAnchors | None:
     if not config.app_key_spki:
         return None
     return TrustAnchors.from_pinned(
-        config.app_key_spki, config.app_fingerprint, config.extra.get(PINNED_POLICY_KEY)
+        config.app_key_spki,
+        config.app_fingerprint,
+        config.extra.get(PINNED_POLICY_KEY),
+        attestation_roots(),
     )
 
 
@@ -108,14 +111,46 @@ def trust_policy(required: list[str] | None) -> TrustPolicy:
                 f"no trusted key for {', '.join(missing)}",
                 hint="Log in to the server first ('hsm-vault login') to pin its application key.",
             )
-        return TrustPolicy(required=wanted)
+        return TrustPolicy(required=wanted, attestation_roots=attestation_roots())
     return anchors.trust_for(wanted)
+
+
+def attestation_summary(card: Card, roots: tuple[Any, ...] | None = None) -> dict[str, Any]:
+    """`attested` (true only when the card's attestation verifies to the roots trusted here:
+    `roots`, else Yubico's and $HSM_VAULT_ATTESTATION_ROOTS), and what it attests."""
+    stated = card.attestation
+    if stated is None:
+        return {"attested": False, "attestation": None}
+    try:
+        found = verify_card_attestation(card, attestation_roots() if roots is None else roots)
+    except CardError as exc:
+        return {"attested": False, "attestation": {**stated.stated(), "problem": exc.message}}
+    return {
+        "attested": True,
+        "attestation": {**stated.stated(), "root": found.root if found else ""},
+    }
+
+
+def attestation_line(summary: dict[str, Any]) -> str:
+    """One line for people: what `attestation_summary` found."""
+    attested = summary["attestation"]
+    if attested is None:
+        return "not attested (the token offers no key attestation)"
+    what = (
+        f"YubiKey #{attested['serial']}, firmware {attested['firmware']}, PIN policy "
+        f"{attested['pin_policy']}, touch policy {attested['touch_policy']}, "
+        f"{attested['form_factor']}"
+    )
+    if summary["attested"]:
+        return f"attested: {what} (root: {attested['root']})"
+    return f"NOT attested: the card's attestation does not verify here ({attested['problem']})"
 
 
 def card_summary(card: Card, policy: TrustPolicy | None = None) -> dict[str, Any]:
     """A card as plain data, for --json and `card show`."""
     checked = set(policy.checked_signers(card)) if policy is not None else set()
     snapshot = card.snapshot
+    roots = policy.attestation_roots if policy is not None else None
     return {
         "id": card.id,
         "short_id": card.short_id,
@@ -129,6 +164,7 @@ def card_summary(card: Card, policy: TrustPolicy | None = None) -> dict[str, Any
         "created_at": card.created_at,
         "previous": card.previous_id,
         "provenance": snapshot.provenance.to_json(),
+        **attestation_summary(card, roots),
         "signatures": [
             {
                 "signer": s.signer,
@@ -182,6 +218,8 @@ def _print_card(card: Card, policy: TrustPolicy | None = None) -> None:
         f"local={prov.local_text} never_extractable={prov.never_extractable} "
         f"always_sensitive={prov.always_sensitive}"
     )
+    roots = policy.attestation_roots if policy is not None else None
+    console.print(f"key origin   {attestation_line(attestation_summary(card, roots))}")
     approvers = [
         s.signer.partition(":")[2] for s in card.signatures if s.signer.startswith("officer:")
     ]
@@ -245,6 +283,13 @@ def create(
         str | None,
         typer.Option("--old-key", help="Token key of the card named by --rotate-from."),
     ] = None,
+    no_attestation: Annotated[
+        bool,
+        typer.Option(
+            "--no-attestation",
+            help="Do not read the token's key attestation: the card says 'not attested'.",
+        ),
+    ] = False,
     token: TokenOpt = None,
     module: ModuleOpt = None,
     pin_file: PinFileOpt = None,
@@ -254,12 +299,14 @@ def create(
 
     The key must have been generated on the token (local, never extractable, always
     sensitive). For RSA keys the OAEP hash the token accepts is probed and written in the card.
+    On a token that attests its keys (a YubiKey) the attestation is verified and recorded.
     """
     key = key_reference(key, slot)
     if (rotate_from is None) != (old_key is None):
         raise UsageError("--rotate-from and --old-key go together")
     keyring = Keyring()
     previous_card = keyring.resolve(rotate_from, allow_revoked=True).card if rotate_from else None
+    roots = None if no_attestation else attestation_roots()
     with token_session(module, split_token_from_key(key, token), pin_file) as ts:
         token_key = ts.find_key(key)
         previous = None
@@ -273,12 +320,15 @@ def create(
             scope=scope or (Scope.ENCRYPT, Scope.SIGN),
             data=_parse_data(data),
             previous=previous,
+            attest=not no_attestation,
+            attestation_roots=roots,
         )
     entry = keyring.add(card, origin="own", key_uri=token_key.uri)
     if json_out:
         print_json({**entry_summary(entry), "card": card.to_text()})
         return
     console.print(f"created card {card.id} for {card.identity}")
+    console.print(attestation_line(attestation_summary(card, roots)))
     console.print(f"short id: {card.short_id}  (read this to whoever imports the card)")
     console.print(f"export it with: hsm-vault card export {card.id[:16]}")
 

@@ -24,6 +24,7 @@ from hsm_vault.cards import (
     RevocationStatement,
     revoke_card,
 )
+from hsm_vault.cli.card import attestation_line, attestation_summary
 from hsm_vault.cli.common import (
     JsonOpt,
     ModuleOpt,
@@ -141,6 +142,7 @@ def find(
             "fingerprint": e.card.fingerprint,
             "created_at": e.card.created_at,
             "signers": list(e.card.signers),
+            **attestation_summary(e.card, anchors.attestation_roots),
         }
         for e in entries
     ]
@@ -153,6 +155,7 @@ def find(
             f"signed by {', '.join(row['signers'])}; kept in the keyring"
         )
         console.print(f"  short id {row['short_id']}")
+        console.print(f"  {attestation_line(row)}")
 
 
 def _pending_json(entry: Any) -> dict[str, Any]:
@@ -169,6 +172,7 @@ def _pending_json(entry: Any) -> dict[str, Any]:
         "short_id": card.short_id,
         "provenance": prov.to_json(),
         "token_protected": prov.protected,
+        **attestation_summary(card),
     }
 
 
@@ -198,6 +202,7 @@ def pending(json_out: JsonOpt = False) -> None:
             f"  token        {prov['manufacturer']} / {prov['model']} / serial "
             f"{prov['serial'] or '-'}; protected={row['token_protected']}"
         )
+        console.print(f"  key origin   {attestation_line(row)}")
         console.print(f"  published    {row['published_at']}")
         console.print(f"  approved by  {', '.join(row['approved_by']) or '-'}")
         if row["second_card"]:
@@ -267,6 +272,7 @@ def approve(
     number of officers have approved it.
     """
     from hsm_vault.cards import approve_card
+    from hsm_vault.config import attestation_roots
     from hsm_vault.trust import TrustPolicy, verify_card
 
     client, anchors, config = _client_and_trust()
@@ -275,7 +281,7 @@ def approve(
         card = parse_stated(entry, expect_id=entry.id)
         if entry.status == "approved":
             raise UsageError(f"card {entry.id} is approved already")
-        verify_card(card, TrustPolicy.self_only())
+        verify_card(card, TrustPolicy.self_only(attestation_roots()))
         pending_entry = next((e for e in client.pending_cards() if e.id == entry.id), None)
         if pending_entry is not None and pending_entry.second_card and not yes:
             err_console.print(
@@ -434,13 +440,14 @@ def show_from_server(card_id: str, json_out: bool) -> None:
     """`card show` of a card the keyring lacks: the server's record, its self signature
     checked, its approvals listed; approved cards are verified under the pinned policy."""
     from hsm_vault.cli.card import _print_card, card_summary
+    from hsm_vault.config import attestation_roots
     from hsm_vault.trust import TrustPolicy, verify_card
 
     client, anchors, _ = _client_and_trust()
     with client:
         entry = client.get_card(card_id)
     card = parse_stated(entry, expect_id=card_id)
-    policy = TrustPolicy.self_only()
+    policy = TrustPolicy.self_only(attestation_roots())
     if entry.status == "approved":
         policy = anchors.card_policy()
         verify_entry(entry, policy, expect_id=card_id)

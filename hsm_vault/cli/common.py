@@ -205,30 +205,6 @@ def token_session(
         yield session
 
 
-ATTESTATION_ROOTS_ENV = "HSM_VAULT_ATTESTATION_ROOTS"
-
-
-def attestation_roots() -> tuple[Any, ...]:
-    """Yubico's pinned PIV root, and the roots of the PEM file $HSM_VAULT_ATTESTATION_ROOTS
-    names (a private attestation CA, or the virtual YubiKey's test root in tests)."""
-    import os
-
-    from hsm_vault.attestation import load_roots, yubico_roots
-    from hsm_vault.errors import AttestationError
-
-    roots = yubico_roots()
-    path = os.environ.get(ATTESTATION_ROOTS_ENV)
-    if path:
-        try:
-            pem = Path(path).read_bytes()
-        except OSError as exc:
-            raise AttestationError(
-                f"cannot read {ATTESTATION_ROOTS_ENV} file {path}: {exc.strerror}"
-            ) from None
-        roots += load_roots(pem)
-    return roots
-
-
 def key_reference(key: str | None, slot: str | None, *, required: bool = True) -> Any:
     """The key a command names: a label or pkcs11: URI, or a PIV slot (`--slot 9d` is
     `pkcs11:id=%03`); None if neither is given and the key is not `required`."""

@@ -63,12 +63,13 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and n
 def _card_from_ref(ref: str, keyring: Keyring) -> Card:
     """A card from a card file (one-line export, self signature checked) or the keyring."""
     from hsm_vault.cards import Card
+    from hsm_vault.config import attestation_roots
     from hsm_vault.trust import TrustPolicy, verify_card
 
     path = Path(ref)
     if ("/" in ref or ref.endswith((".card", ".txt"))) and path.is_file():
         card = Card.from_text(path.read_text().strip())
-        verify_card(card, TrustPolicy.self_only())
+        verify_card(card, TrustPolicy.self_only(attestation_roots()))
         revocation = keyring.revocation(card.id)
         if revocation is not None:
             from hsm_vault.errors import CardRevoked

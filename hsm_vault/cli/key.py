@@ -283,7 +283,7 @@ def show(
 
 def _attestation_summary(info: Any, certificates: tuple[bytes, bytes] | None) -> dict[str, Any]:
     from hsm_vault.attestation import verify_attestation
-    from hsm_vault.cli.common import attestation_roots
+    from hsm_vault.config import attestation_roots
     from hsm_vault.errors import AttestationError
 
     if certificates is None:

@@ -7,6 +7,7 @@ which is signed by the application key and the officer quorum of the link before
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -27,6 +28,12 @@ from hsm_vault.config import Config
 from hsm_vault.errors import PolicyVerificationError, UsageError
 from hsm_vault.trust import SignedPolicy, TrustAnchors
 
+
+class Toggle(StrEnum):
+    YES = "yes"
+    NO = "no"
+
+
 policy_app = typer.Typer(
     help="The server's signed policy: officer approvals per card, and the officers.",
     no_args_is_help=True,
@@ -39,7 +46,11 @@ def policy_summary(policy: SignedPolicy) -> dict[str, Any]:
     return {
         "serial": policy.serial,
         "id": policy.id,
+        "version": policy.version,
         "approvals": body.approvals,
+        "require_attestation": body.require_attestation,
+        "recovery": body.recovery.to_json() if body.recovery is not None else None,
+        "max_head_age": body.max_head_age,
         "officers": [
             {"username": o.username, "identity": o.identity, "card_id": o.card_id}
             for o in body.officers
@@ -54,6 +65,10 @@ def print_policy(policy: SignedPolicy, label: str = "policy") -> None:
     summary = policy_summary(policy)
     console.print(f"{label:<13}serial {summary['serial']} ({summary['id'][:16]}..)")
     console.print(f"approvals    {summary['approvals']} officer(s) per card")
+    console.print(
+        "attestation  "
+        + ("required: only cards with attested keys" if summary["require_attestation"] else "-")
+    )
     for officer in summary["officers"]:
         console.print(
             f"officer      {officer['username']} ({officer['identity']}), card "
@@ -106,13 +121,21 @@ def propose(
     remove_officer: Annotated[
         list[str] | None, typer.Option("--remove-officer", help="Officer to remove.")
     ] = None,
+    require_attestation: Annotated[
+        Toggle | None,
+        typer.Option(
+            "--require-attestation",
+            help="yes: the server publishes, and clients accept, only cards with attested keys.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Propose the next policy (officers). The officers of the policy in force sign it with
     'hsm-vault policy sign'; it is in force once their quorum has."""
-    if approvals is None and not add_officer and not remove_officer:
+    if approvals is None and not add_officer and not remove_officer and not require_attestation:
         raise UsageError(
-            "propose a change", hint="Give --approvals, --add-officer or --remove-officer."
+            "propose a change",
+            hint="Give --approvals, --add-officer, --remove-officer or --require-attestation.",
         )
     client, _anchors, _ = _client()
     with client:
@@ -120,6 +143,9 @@ def propose(
             approvals=approvals,
             add_officers=tuple(add_officer or ()),
             remove_officers=tuple(remove_officer or ()),
+            require_attestation=(
+                None if require_attestation is None else require_attestation is Toggle.YES
+            ),
         )
     if json_out:
         print_json(policy_summary(proposal))

@@ -86,12 +86,13 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and n
 def _card_by_id_or_file(ref: str, keyring: Keyring) -> Card:
     """A card named exactly (id or card file), whatever its status: the card being replaced."""
     from hsm_vault.cards import Card
+    from hsm_vault.config import attestation_roots
     from hsm_vault.trust import TrustPolicy, verify_card
 
     path = Path(ref)
     if path.is_file():
         card = Card.from_text(path.read_text().strip())
-        verify_card(card, TrustPolicy.self_only())
+        verify_card(card, TrustPolicy.self_only(attestation_roots()))
         return card
     if not re.fullmatch(r"[0-9a-fA-F]{4,64}", ref):
         raise UsageError(

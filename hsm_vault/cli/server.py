@@ -147,6 +147,14 @@ def init(
             show_default=False,
         ),
     ] = None,
+    require_attestation: Annotated[
+        bool,
+        typer.Option(
+            "--require-attestation",
+            help="The signed policy requires key attestation: the server publishes only cards "
+            "whose key a device attested (a YubiKey), and clients refuse the others.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Create the data folder, the database and the application key on the server's token.
@@ -202,7 +210,7 @@ def init(
     try:
         migrate_to_head(engine)
         revision = schema_revision(engine)
-        policy = _init_policy(settings, engine, approvals)
+        policy = _init_policy(settings, engine, approvals, require_attestation or None)
     finally:
         engine.dispose()
     settings.save()
@@ -217,6 +225,7 @@ def init(
                 "schema_revision": revision,
                 "policy_serial": policy.serial,
                 "approvals": policy.body.approvals,
+                "require_attestation": policy.body.require_attestation,
             }
         )
         return
@@ -228,20 +237,26 @@ def init(
     console.print(
         f"policy:           serial {policy.serial}, {policy.body.approvals} officer approval(s) "
         f"per card, {len(policy.body.officers)} officer(s)"
+        + (", key attestation required" if policy.body.require_attestation else "")
     )
     console.print("Give this fingerprint to users out of band: 'hsm-vault login' shows it.")
     if len(policy.body.officers) < policy.body.approvals:
         console.print("Name the first officers with 'hsm-vault server add-officer NAME'.")
 
 
-def _init_policy(settings: ServerSettings, engine: Engine, approvals: int | None) -> Any:
-    """Write the first signed policy, or change approvals during the bootstrap."""
+def _init_policy(
+    settings: ServerSettings,
+    engine: Engine,
+    approvals: int | None,
+    require_attestation: bool | None,
+) -> Any:
+    """Write the first signed policy, or change its rules during the bootstrap."""
     from hsm_vault.server.appkey import open_application_key
     from hsm_vault.server.approvals import init_policy
     from hsm_vault.server.db import make_sessionmaker
 
     with open_application_key(settings) as app_key, make_sessionmaker(engine)() as db:
-        policy = init_policy(db, app_key, approvals)
+        policy = init_policy(db, app_key, approvals, require_attestation)
         db.commit()
     return policy
 

@@ -470,12 +470,14 @@ class VaultClient:
         approvals: int | None = None,
         add_officers: tuple[str, ...] = (),
         remove_officers: tuple[str, ...] = (),
+        require_attestation: bool | None = None,
     ) -> SignedPolicy:
         """Propose the next policy (officers); it replaces any open proposal."""
         body = {
             "approvals": approvals,
             "add_officers": list(add_officers),
             "remove_officers": list(remove_officers),
+            "require_attestation": require_attestation,
         }
         return _policy_of(self._json("POST", "/v1/policy/proposal", json=body))
 

@@ -7,17 +7,23 @@ HTTP and keeps the newest accepted one in the client config (key "policy").
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hsm_vault.client import VaultClient
-from hsm_vault.config import Config
+from hsm_vault.config import Config, attestation_roots
 from hsm_vault.errors import ServerTrustError
 from hsm_vault.trust import TrustAnchors, verify_chain
 from hsm_vault.trust.anchors import PINNED_POLICY_KEY
 
 
 def pinned_anchors(config: Config) -> TrustAnchors:
-    """The anchors in the config: the application key, and the policy pinned for that key."""
+    """The anchors in the config: the application key, the policy pinned for that key, and
+    the attestation roots this machine trusts."""
     return TrustAnchors.from_pinned(
-        config.app_key_spki, config.app_fingerprint, config.extra.get(PINNED_POLICY_KEY)
+        config.app_key_spki,
+        config.app_fingerprint,
+        config.extra.get(PINNED_POLICY_KEY),
+        attestation_roots(),
     )
 
 
@@ -49,4 +55,4 @@ def update_policy(client: VaultClient, config: Config) -> TrustAnchors:
     verify_chain(chain, anchors.app_spki, held)
     config.extra[PINNED_POLICY_KEY] = current.to_text()
     config.save()
-    return TrustAnchors(anchors.app_spki, current)
+    return replace(anchors, policy=current)

@@ -12,6 +12,7 @@ The schema is created by the migration `policy_0001` in `migrations/versions/`.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 from sqlalchemy import Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -31,6 +32,7 @@ from hsm_vault.trust import (
     officer_signer,
     verify_card,
 )
+from hsm_vault.trust.policy import version_needed
 
 
 class PolicyRecord(Base):
@@ -59,9 +61,18 @@ class PolicyProposal(Base):
 
 
 def sign_and_publish(db: Session, record: CardRecord, app_key: ApplicationKey, by: str) -> None:
-    """Add the app signature (made on the server's token) and publish; supersede the previous."""
+    """Add the app signature (made on the server's token) and publish; supersede the previous.
+    Under a policy that requires attestation an unattested card is refused (its attestation,
+    if any, was verified at publish)."""
     card = Card.from_text(record.text)
-    verify_card(card, TrustPolicy.self_only())
+    rules = current_policy(db)
+    verify_card(
+        card,
+        TrustPolicy(
+            check_attestation=False,
+            require_attestation=rules is not None and rules.body.require_attestation,
+        ),
+    )
     signature = CardSignature(
         signer=APP,
         key_id=bytes.fromhex(app_key.info.fingerprint),
@@ -69,7 +80,8 @@ def sign_and_publish(db: Session, record: CardRecord, app_key: ApplicationKey, b
         signature=app_key.sign(card.signing_message(APP)),
     )
     signed = card.with_signature(signature)
-    verify_card(signed, TrustPolicy.with_app_key(app_key.info.spki_der))
+    app_trust = TrustPolicy.with_app_key(app_key.info.spki_der)
+    verify_card(signed, replace(app_trust, check_attestation=False))
     now = utcnow()
     record.text = signed.to_text()
     record.status = CardStatus.APPROVED.value
@@ -124,11 +136,18 @@ def _adopt(db: Session, app_key: ApplicationKey, policy: SignedPolicy) -> Signed
     return signed
 
 
-def init_policy(db: Session, app_key: ApplicationKey, approvals: int | None) -> SignedPolicy:
-    """Write policy 1 (approvals, no officers) if there is none; change the number of
-    approvals while the bootstrap is not complete. Returns the policy in force."""
+def init_policy(
+    db: Session,
+    app_key: ApplicationKey,
+    approvals: int | None,
+    require_attestation: bool | None = None,
+) -> SignedPolicy:
+    """Write policy 1 (approvals, the attestation rule, no officers) if there is none; change
+    approvals or the attestation rule while the bootstrap is not complete. Returns the policy
+    in force."""
     held = current_policy(db)
     if held is None:
+        attest = bool(require_attestation)
         body = PolicyBody(
             serial=1,
             app_key_id=app_key.info.fingerprint,
@@ -136,18 +155,26 @@ def init_policy(db: Session, app_key: ApplicationKey, approvals: int | None) -> 
             officers=(),
             created_at=now_utc(),
             previous=None,
+            require_attestation=attest,
+            version=version_needed(attest, None, None),
         )
         return _adopt(db, app_key, SignedPolicy(body))
-    if approvals is None or approvals == held.body.approvals:
+    same_approvals = approvals is None or approvals == held.body.approvals
+    same_attestation = (
+        require_attestation is None or require_attestation == held.body.require_attestation
+    )
+    if same_approvals and same_attestation:
         return held
     if held.body.complete and held.body.approvals > 0:
         raise UsageError(
-            f"policy {held.serial} is in force with its officers: changing approvals needs them",
-            hint="An officer runs 'hsm-vault policy propose --approvals N'; the others sign it.",
+            f"policy {held.serial} is in force with its officers: changing it needs them",
+            hint="An officer runs 'hsm-vault policy propose' (--approvals N, "
+            "--require-attestation yes); the others sign it.",
         )
-    return _adopt(
-        db, app_key, SignedPolicy(held.body.successor(created_at=now_utc(), approvals=approvals))
+    body = held.body.successor(
+        created_at=now_utc(), approvals=approvals, require_attestation=require_attestation
     )
+    return _adopt(db, app_key, SignedPolicy(body))
 
 
 def officer_of(db: Session, user: User) -> PolicyOfficer:
@@ -208,6 +235,7 @@ def propose(
     approvals: int | None,
     add: tuple[str, ...],
     remove: tuple[str, ...],
+    require_attestation: bool | None = None,
 ) -> SignedPolicy:
     """Record the next policy as the open proposal (replacing any); during the bootstrap the
     application key alone adopts it at once. Returns it (adopted or open)."""
@@ -223,7 +251,11 @@ def propose(
             raise UsageError(f"{name!r}'s card is not approved yet: approve it first")
         officers.append(officer)
     body = held.body.successor(
-        created_at=now_utc(), approvals=approvals, add=tuple(officers), remove=remove
+        created_at=now_utc(),
+        approvals=approvals,
+        add=tuple(officers),
+        remove=remove,
+        require_attestation=require_attestation,
     )
     if held.body.complete and not body.complete:
         raise UsageError(

@@ -27,9 +27,10 @@ from hsm_vault.cards.model import (
     now_utc,
 )
 from hsm_vault.cards.revocation import RevocationStatement
+from hsm_vault.config import attestation_roots
 from hsm_vault.errors import CardError, CardVerificationError
 from hsm_vault.server.appkey import ApplicationKey
-from hsm_vault.server.approvals import require_policy, sign_and_publish
+from hsm_vault.server.approvals import current_policy, require_policy, sign_and_publish
 from hsm_vault.server.auth import CurrentUser, DbDep, OfficerUser, SettingsDep
 from hsm_vault.server.db import CardRecord, CardStatus, Role, User, utcnow
 from hsm_vault.server.problems import Problem, problem_responses
@@ -183,8 +184,14 @@ def publish_card(
         if old.status != CardStatus.APPROVED:
             raise Problem(409, f"the card it replaces is {old.status}, not approved")
         previous = Card.from_text(old.text)
+    # The policy's attestation rule, and a stated attestation must verify to our roots.
+    rules = current_policy(db)
+    trust = TrustPolicy(
+        require_attestation=rules is not None and rules.body.require_attestation,
+        attestation_roots=attestation_roots(),
+    )
     try:
-        verify_card(card, TrustPolicy.self_only(), previous=previous)
+        verify_card(card, trust, previous=previous)
     except CardVerificationError as exc:
         raise Problem(422, f"the card does not verify: {exc.message}") from None
     if db.get(CardRecord, card.id) is not None:
@@ -291,7 +298,9 @@ def _officer_approval(
         raise Problem(409, f"you approved card {record.id} already")
     signed = card.with_signature(signature)
     try:
-        verify_card(signed, TrustPolicy(trusted={signer: (entry.spki_der,)}))
+        verify_card(
+            signed, TrustPolicy(trusted={signer: (entry.spki_der,)}, check_attestation=False)
+        )
     except CardVerificationError as exc:
         raise Problem(422, f"your approval does not verify: {exc.message}") from None
     return signed

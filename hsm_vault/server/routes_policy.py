@@ -28,10 +28,14 @@ router = APIRouter(
 class PolicyOut(BaseModel):
     serial: int
     id: str = Field(description="hex SHA-256 of the policy body")
+    version: int = Field(description="the policy format version (1 or 2)")
     approvals: int
+    require_attestation: bool = Field(
+        description="cards must carry a verified key attestation (version 2)"
+    )
     officers: list[str] = Field(description="the officers' user names")
     signers: list[str]
-    policy: str = Field(description="the signed policy, one line (hsmv-policy-1:...)")
+    policy: str = Field(description="the signed policy, one line (hsmv-policy-1:... or -2:)")
     in_force: bool = Field(description="false for a proposal still collecting signatures")
 
 
@@ -39,6 +43,9 @@ class ProposeIn(BaseModel):
     approvals: Annotated[int | None, Field(ge=0, le=16)] = None
     add_officers: Annotated[list[str], Field(max_length=16)] = []
     remove_officers: Annotated[list[str], Field(max_length=16)] = []
+    require_attestation: bool | None = Field(
+        None, description="set or clear the key-attestation rule (a version 2 policy)"
+    )
 
 
 class SignIn(BaseModel):
@@ -50,7 +57,9 @@ def _out(policy: SignedPolicy, in_force: bool) -> PolicyOut:
     return PolicyOut(
         serial=policy.serial,
         id=policy.id,
+        version=policy.version,
         approvals=policy.body.approvals,
+        require_attestation=policy.body.require_attestation,
         officers=[o.username for o in policy.body.officers],
         signers=list(policy.signers),
         policy=policy.to_text(),
@@ -85,8 +94,15 @@ def get_proposal(_officer: OfficerUser, db: DbDep) -> PolicyOut:
 def propose(body: ProposeIn, officer: OfficerUser, db: DbDep, request: Request) -> PolicyOut:
     """Propose the next policy (officers). While the bootstrap is not complete the server
     adopts it at once; otherwise the officers of the policy in force sign it."""
-    if body.approvals is None and not body.add_officers and not body.remove_officers:
-        raise Problem(422, "propose a change: approvals, officers to add or to remove")
+    if (
+        body.approvals is None
+        and not body.add_officers
+        and not body.remove_officers
+        and body.require_attestation is None
+    ):
+        raise Problem(
+            422, "propose a change: approvals, officers to add or to remove, the attestation rule"
+        )
     policy = approvals.propose(
         db,
         _app_key(request),
@@ -94,6 +110,7 @@ def propose(body: ProposeIn, officer: OfficerUser, db: DbDep, request: Request) 
         approvals=body.approvals,
         add=tuple(body.add_officers),
         remove=tuple(body.remove_officers),
+        require_attestation=body.require_attestation,
     )
     in_force = policy.signature_by("app") is not None
     db.commit()

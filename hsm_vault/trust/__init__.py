@@ -20,6 +20,7 @@ from hsm_vault.trust.cards import (
     TrustPolicy,
     officer_signer,
     verify_card,
+    verify_card_attestation,
     verify_revocation,
     verify_rotation,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "officer_signer",
     "parse_stated",
     "verify_card",
+    "verify_card_attestation",
     "verify_chain",
     "verify_entry",
     "verify_genesis",

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
 from hsm_vault.algorithms import spki_fingerprint
 from hsm_vault.errors import CardError, NotLoggedIn, ServerTrustError
@@ -46,10 +47,12 @@ def load_policy(text: str | None) -> SignedPolicy | None:
 
 @dataclass(frozen=True)
 class TrustAnchors:
-    """What a client trusts a server's cards by: its application key and its signed policy."""
+    """What a client trusts a server's cards by: its application key, its signed policy, and
+    the key-attestation roots (None: Yubico's pinned PIV root) attested cards must chain to."""
 
     app_spki: bytes
     policy: SignedPolicy | None = None
+    attestation_roots: tuple[Any, ...] | None = None
 
     @property
     def app_fingerprint(self) -> str:
@@ -57,7 +60,11 @@ class TrustAnchors:
 
     @classmethod
     def from_pinned(
-        cls, app_key_spki: str | None, app_fingerprint: str | None, policy_text: str | None
+        cls,
+        app_key_spki: str | None,
+        app_fingerprint: str | None,
+        policy_text: str | None,
+        attestation_roots: tuple[Any, ...] | None = None,
     ) -> TrustAnchors:
         """The anchors as the client config stores them; a policy pinned for another
         application key (the client logged in elsewhere since) is not used."""
@@ -65,7 +72,7 @@ class TrustAnchors:
         policy = load_policy(policy_text)
         if policy is not None and policy.body.app_key_id != spki_fingerprint(app_spki):
             policy = None
-        return cls(app_spki, policy)
+        return cls(app_spki, policy, attestation_roots)
 
     def card_policy(self) -> TrustPolicy:
         """The trust policy for a server's cards: self, app, and the policy's officer quorum.
@@ -77,15 +84,19 @@ class TrustAnchors:
                 "no server policy is pinned, so no card of this server can be trusted",
                 hint="Run 'hsm-vault policy show' (or log in again) to fetch and pin it.",
             )
-        return self.policy.card_trust(self.app_spki)
+        return self.policy.card_trust(self.app_spki, self.attestation_roots)
 
     def trust_for(self, required: frozenset[str]) -> TrustPolicy:
         """For cards handed over by hand (`card import/verify`): the app key and the pinned
-        policy's officers are trusted; requiring "app" also requires the officer quorum."""
+        policy's officers are trusted; requiring "app" also requires the officer quorum and
+        the policy's attestation rule."""
         policy = self.policy.body if self.policy is not None else None
+        server_rules = policy is not None and APP in required
         return TrustPolicy(
             required=required,
             trusted={APP: (self.app_spki,)},
-            approvals=policy.approvals if policy is not None and APP in required else 0,
+            approvals=policy.approvals if policy is not None and server_rules else 0,
             officers=tuple(o.key for o in policy.officers) if policy is not None else (),
+            require_attestation=policy.require_attestation if policy and server_rules else False,
+            attestation_roots=self.attestation_roots,
         )

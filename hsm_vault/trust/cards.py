@@ -2,7 +2,9 @@
 
 Pure code: no I/O, no token, no HTTP. `TrustPolicy` says what a verifier requires;
 `verify_card`, `verify_rotation` and `verify_revocation` raise `CardVerificationError` (never
-return a bool). The rules are docs/cards.md section 8 (V1-V10, R2); each has a test vector.
+return a bool). The rules are docs/cards.md section 8 (V1-V11, R2); each has a test vector.
+A card that states an attestation is only valid if its chain verifies to a root the verifier
+trusts and says what the card says (V10), so no card claims an attestation it lacks.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from hsm_vault.algorithms import SignatureAlgorithm, verify_signature
+from hsm_vault.attestation import Attestation, verify_attestation, yubico_roots
 from hsm_vault.cards.model import (
     PREVIOUS,
     SELF,
@@ -23,7 +27,7 @@ from hsm_vault.cards.model import (
     key_id_of,
 )
 from hsm_vault.cards.revocation import RevocationStatement
-from hsm_vault.errors import CardFormatError, CardVerificationError
+from hsm_vault.errors import AttestationError, CardFormatError, CardVerificationError
 
 APP = "app"
 OFFICER_PREFIX = "officer:"
@@ -64,6 +68,10 @@ class TrustPolicy:
     With `approvals` > 0 a card also needs that many distinct officer signatures by `officers`
     other than its owner, unless it is itself one of the officers' cards (the signed server
     policy names those).
+
+    A card's attestation is checked against `attestation_roots` (None: Yubico's pinned PIV
+    root) unless `check_attestation` is off (the keyring re-reading what it checked when the
+    card was added); `require_attestation` (the server policy's rule) refuses unattested cards.
     """
 
     required: frozenset[str] = frozenset()
@@ -71,6 +79,9 @@ class TrustPolicy:
     require_token_protection: bool = True
     approvals: int = 0
     officers: tuple[OfficerKey, ...] = ()
+    require_attestation: bool = False
+    attestation_roots: tuple[Any, ...] | None = None
+    check_attestation: bool = True
 
     def __post_init__(self) -> None:
         required = frozenset(check_signer(s) for s in self.required)
@@ -94,11 +105,17 @@ class TrustPolicy:
         object.__setattr__(self, "required", required)
         object.__setattr__(self, "trusted", MappingProxyType(trusted))
         object.__setattr__(self, "officers", officers)
+        if self.attestation_roots is not None:
+            object.__setattr__(self, "attestation_roots", tuple(self.attestation_roots))
+
+    def roots(self) -> tuple[Any, ...]:
+        """The attestation roots this verifier trusts (x509 certificates)."""
+        return yubico_roots() if self.attestation_roots is None else self.attestation_roots
 
     @classmethod
-    def self_only(cls) -> TrustPolicy:
-        """Check the self signature only."""
-        return cls()
+    def self_only(cls, attestation_roots: tuple[Any, ...] | None = None) -> TrustPolicy:
+        """Check the self signature (and the attestation a card states) only."""
+        return cls(attestation_roots=attestation_roots)
 
     @classmethod
     def with_app_key(cls, app_spki: bytes, *, required: bool = True) -> TrustPolicy:
@@ -165,6 +182,33 @@ def _check_approvals(card: Card, policy: TrustPolicy) -> None:
         )
 
 
+def verify_card_attestation(card: Card, roots: tuple[Any, ...] | None = None) -> Attestation | None:
+    """V10: the attestation `card` states, verified against `roots` (None: Yubico's pinned PIV
+    root): the chain verifies, attests the card's own key, and says what the card says.
+    Returns None for a card that states no attestation; raises `CardVerificationError`."""
+    stated = card.attestation
+    if stated is None:
+        return None
+    try:
+        found = verify_attestation(
+            stated.attestation_der,
+            stated.device_der,
+            card.spki_der,
+            yubico_roots() if roots is None else roots,
+        )
+    except AttestationError as exc:
+        raise CardVerificationError(
+            f"the card's attestation does not verify: {exc.message}"
+        ) from None
+    attested = {k: v for k, v in found.as_json().items() if k != "root"}
+    if attested != stated.stated():
+        differ = sorted(k for k in attested if attested[k] != stated.stated()[k])
+        raise CardVerificationError(
+            f"the card states another {', '.join(differ)} than its attestation certificate"
+        )
+    return found
+
+
 def verify_card(card: Card, policy: TrustPolicy, *, previous: Card | None = None) -> None:
     """Verify `card` under `policy`; return None or raise.
 
@@ -182,6 +226,12 @@ def verify_card(card: Card, policy: TrustPolicy, *, previous: Card | None = None
     if policy.require_token_protection and not card.snapshot.provenance.protected:
         raise CardVerificationError(
             "the card says its key was not generated on the token or could be extracted"
+        )
+    if policy.check_attestation:
+        verify_card_attestation(card, policy.roots())
+    if policy.require_attestation and card.attestation is None:
+        raise CardVerificationError(
+            "the card is not attested, and the server policy requires key attestation"
         )
     _check_rotation(card, previous)
     for signer in sorted(policy.required - {SELF, PREVIOUS}):
@@ -205,7 +255,9 @@ def verify_rotation(new: Card, old: Card) -> None:
     signature by `old`'s key (and a valid self signature). Raises `CardVerificationError`."""
     if new.previous_id is None:
         raise CardVerificationError("the card does not name a previous card")
-    verify_card(new, TrustPolicy(require_token_protection=False), previous=old)
+    verify_card(
+        new, TrustPolicy(require_token_protection=False, check_attestation=False), previous=old
+    )
 
 
 def verify_revocation(

@@ -1,6 +1,6 @@
 """The signed server policy: how many officers approve a card, and who the officers are.
 
-Pure code: no I/O. The byte format and the rules (P1-P7) are in docs/trust.md; every rule has
+Pure code: no I/O. The byte format and the rules (P1-P8) are in docs/trust.md; every rule has
 a vector in tests/vectors/policy/. A policy is a canonical JSON body (its id is the body's
 SHA-256) with signatures over a domain-separated message, exported as one line
 `hsmv-policy-1:<base64url>`. Policies form a chain: serial n+1 names policy n as `previous`.
@@ -9,6 +9,12 @@ SHA-256) with signatures over a domain-separated message, exported as one line
 `new`: the next serial of the same server, signed by the application key and, once the held
 policy names as many officers as it requires approvals, by that many of the held policy's
 officers. Until then (the bootstrap ceremony) the application key alone signs.
+
+Two format versions are read. Version 2 adds `require_attestation` (cards of the server must
+carry a verified key attestation) and defines two optional rules, absent unless set: `recovery`
+(a recovery card, or k-of-n officer shares) and `max_head_age` (seconds a transparency-log
+head may be old). A writer uses the lowest version that can say what a policy says, and a
+chain never goes back to an older version (P8).
 """
 
 from __future__ import annotations
@@ -43,12 +49,15 @@ from hsm_vault.errors import (
 )
 from hsm_vault.trust.cards import APP, OFFICER_PREFIX, OfficerKey, TrustPolicy, officer_signer
 
-POLICY_VERSION = 1
+POLICY_VERSION = 2
+"""The newest policy format version; `POLICY_VERSIONS` are read."""
+POLICY_VERSIONS = (1, 2)
 POLICY_TEXT_PREFIX = "hsmv-policy-"
 POLICY_DOMAIN = b"hsmv-policy-sig-v1\n"
 MAX_TEXT_LENGTH = 262144
 MAX_APPROVALS = 16
 MAX_OFFICERS = 64
+MAX_HEAD_AGE = 2**31 - 1
 
 
 def _format(check: Any, *args: Any, **kwargs: Any) -> Any:
@@ -113,6 +122,85 @@ class PolicyOfficer:
 
 
 @dataclass(frozen=True)
+class RecoveryCard:
+    """Recovery by one card: files are also wrapped to the card `card_id` (kept offline)."""
+
+    card_id: str
+
+    def __post_init__(self) -> None:
+        _format(hex_digest_field, self.card_id, "recovery card id")
+
+    def check_against(self, officers: tuple[PolicyOfficer, ...]) -> None:
+        """Nothing to check: the recovery card need not be an officer's."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"card_id": self.card_id, "method": "card"}
+
+
+@dataclass(frozen=True)
+class RecoveryShares:
+    """Recovery by officer shares: a recovery key split so that any `threshold` of `officers`
+    (user names of officers of the same policy) can rebuild it."""
+
+    threshold: int
+    officers: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        officers = tuple(self.officers)
+        for name in officers:
+            _format(officer_signer, name)
+        encoded = [name.encode() for name in officers]
+        if not officers or encoded != sorted(set(encoded)):
+            raise PolicyFormatError(
+                "the recovery officers must be a non-empty list sorted by name, without repeats"
+            )
+        if type(self.threshold) is not int or not 1 <= self.threshold <= len(officers):
+            raise PolicyFormatError(
+                f"the recovery threshold must be a whole number from 1 to {len(officers)}"
+            )
+        object.__setattr__(self, "officers", officers)
+
+    def check_against(self, officers: tuple[PolicyOfficer, ...]) -> None:
+        names = {o.username for o in officers}
+        unknown = [name for name in self.officers if name not in names]
+        if unknown:
+            raise PolicyFormatError(
+                f"recovery share holder {unknown[0]!r} is not an officer of the policy"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": "officer-shares",
+            "officers": list(self.officers),
+            "threshold": self.threshold,
+        }
+
+
+Recovery = RecoveryCard | RecoveryShares
+
+
+def recovery_from_json(obj: Any) -> Recovery:
+    """The `recovery` rule of a version 2 policy."""
+    method = obj.get("method") if isinstance(obj, dict) else None
+    if method == "card":
+        obj = _format(_exact_keys, obj, ("card_id", "method"), "recovery rule")
+        return RecoveryCard(obj["card_id"])
+    if method == "officer-shares":
+        obj = _format(_exact_keys, obj, ("method", "officers", "threshold"), "recovery rule")
+        if not isinstance(obj["officers"], list):
+            raise PolicyFormatError("the recovery officers must be a list")
+        return RecoveryShares(obj["threshold"], tuple(obj["officers"]))
+    raise PolicyFormatError(f"unknown recovery method {method!r} (card, officer-shares)")
+
+
+def version_needed(
+    require_attestation: bool, recovery: Recovery | None, max_head_age: int | None
+) -> int:
+    """The lowest policy format version that can state these rules."""
+    return 2 if require_attestation or recovery is not None or max_head_age is not None else 1
+
+
+@dataclass(frozen=True)
 class PolicyBody:
     """What a policy says (the signed content). Invalid bodies cannot be constructed."""
 
@@ -122,11 +210,36 @@ class PolicyBody:
     officers: tuple[PolicyOfficer, ...]
     created_at: str
     previous: str | None
-    version: int = POLICY_VERSION
+    version: int = 1
+    #: Version 2: cards of this server must carry a key attestation that verifies (V11).
+    require_attestation: bool = False
+    #: Version 2, optional: how files can be recovered without their recipients' tokens
+    #: (carried and checked here; enforced by the recovery feature).
+    recovery: Recovery | None = None
+    #: Version 2, optional: the oldest transparency-log head (seconds) a client accepts
+    #: (carried and checked here; enforced by the log client).
+    max_head_age: int | None = None
 
     def __post_init__(self) -> None:
-        if not is_version(self.version, POLICY_VERSION):
+        if not any(is_version(self.version, v) for v in POLICY_VERSIONS):
             raise PolicyFormatError(f"unknown policy version {self.version!r}")
+        if not isinstance(self.require_attestation, bool):
+            raise PolicyFormatError("require_attestation must be true or false")
+        recovery_types = (RecoveryCard, RecoveryShares)
+        if self.recovery is not None and not isinstance(self.recovery, recovery_types):
+            raise PolicyFormatError("the recovery rule must be a RecoveryCard or RecoveryShares")
+        if self.max_head_age is not None and (
+            type(self.max_head_age) is not int or not 1 <= self.max_head_age <= MAX_HEAD_AGE
+        ):
+            raise PolicyFormatError(
+                f"max_head_age must be a whole number of seconds from 1 to {MAX_HEAD_AGE}"
+            )
+        needed = version_needed(self.require_attestation, self.recovery, self.max_head_age)
+        if self.version < needed:
+            raise PolicyFormatError(
+                f"a version {self.version} policy cannot state require_attestation, recovery "
+                "or max_head_age"
+            )
         if type(self.serial) is not int or not 1 <= self.serial < 2**53:
             raise PolicyFormatError("the policy serial must be a whole number from 1")
         _format(hex_digest_field, self.app_key_id, "application key id")
@@ -150,6 +263,8 @@ class PolicyBody:
             _format(hex_digest_field, self.previous, "previous policy id")
         if (self.serial == 1) != (self.previous is None):
             raise PolicyFormatError("policy 1 and only policy 1 names no previous policy")
+        if self.recovery is not None:
+            self.recovery.check_against(officers)
 
     @property
     def id(self) -> str:
@@ -177,13 +292,16 @@ class PolicyBody:
         approvals: int | None = None,
         add: tuple[PolicyOfficer, ...] = (),
         remove: tuple[str, ...] = (),
+        require_attestation: bool | None = None,
     ) -> PolicyBody:
-        """The next policy: serial + 1, this one as previous, officers and approvals changed."""
+        """The next policy: serial + 1, this one as previous, officers, approvals and the
+        attestation rule changed, the other rules carried; never an older format version."""
         unknown = [u for u in remove if self.officer(u) is None]
         if unknown:
             raise PolicyFormatError(f"{unknown[0]!r} is not an officer of policy {self.serial}")
         kept = [o for o in self.officers if o.username not in remove]
         officers = sorted([*kept, *add], key=lambda o: o.username.encode())
+        attest = self.require_attestation if require_attestation is None else require_attestation
         return replace(
             self,
             serial=self.serial + 1,
@@ -191,10 +309,12 @@ class PolicyBody:
             officers=tuple(officers),
             created_at=created_at,
             previous=self.id,
+            require_attestation=attest,
+            version=max(self.version, version_needed(attest, self.recovery, self.max_head_age)),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "app_key": self.app_key_id,
             "approvals": self.approvals,
             "created_at": self.created_at,
@@ -204,29 +324,44 @@ class PolicyBody:
             "type": "hsmv-policy",
             "version": self.version,
         }
+        if self.version >= 2:
+            body["require_attestation"] = self.require_attestation
+            if self.recovery is not None:  # optional rules: absent unless set
+                body["recovery"] = self.recovery.to_json()
+            if self.max_head_age is not None:
+                body["max_head_age"] = self.max_head_age
+        return body
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_json())
 
     @classmethod
     def from_json(cls, obj: Any) -> PolicyBody:
-        if isinstance(obj, dict) and not is_version(obj.get("version"), POLICY_VERSION):
-            raise PolicyFormatError(f"unknown policy version {obj.get('version')!r}")
-        obj = _format(
-            _exact_keys,
-            obj,
-            (
-                "app_key",
-                "approvals",
-                "created_at",
-                "officers",
-                "previous",
-                "serial",
-                "type",
-                "version",
-            ),
-            "policy",
-        )
+        if not isinstance(obj, dict):
+            raise PolicyFormatError("the policy must be a JSON object")
+        version = obj.get("version")
+        if not any(is_version(version, v) for v in POLICY_VERSIONS):
+            raise PolicyFormatError(f"unknown policy version {version!r}")
+        fields = [
+            "app_key",
+            "approvals",
+            "created_at",
+            "officers",
+            "previous",
+            "serial",
+            "type",
+            "version",
+        ]
+        optional: dict[str, Any] = {}
+        if version == 2:
+            fields.append("require_attestation")
+            obj = dict(obj)
+            for name in ("recovery", "max_head_age"):  # absent unless set; null is not absent
+                if name in obj:
+                    optional[name] = obj.pop(name)
+                    if optional[name] is None:
+                        raise PolicyFormatError(f"{name} is null: leave it out when not set")
+        obj = _format(_exact_keys, obj, fields, "policy")
         if obj["type"] != "hsmv-policy":
             raise PolicyFormatError("the policy type is not hsmv-policy")
         if not isinstance(obj["officers"], list):
@@ -239,6 +374,9 @@ class PolicyBody:
             created_at=obj["created_at"],
             previous=obj["previous"],
             version=obj["version"],
+            require_attestation=obj.get("require_attestation", False),
+            recovery=recovery_from_json(optional["recovery"]) if "recovery" in optional else None,
+            max_head_age=optional.get("max_head_age"),
         )
 
 
@@ -288,18 +426,23 @@ class SignedPolicy:
         kept = tuple(s for s in self.signatures if s.signer != signature.signer)
         return replace(self, signatures=(*kept, signature))
 
+    @property
+    def version(self) -> int:
+        """The format version: of the body, the envelope and the text prefix alike."""
+        return self.body.version
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "policy": self.body.to_json(),
             "signatures": [s.to_json() for s in self.signatures],
-            "version": POLICY_VERSION,
+            "version": self.version,
         }
 
     def to_text(self) -> str:
-        """One line: `hsmv-policy-1:` and base64url of the canonical JSON."""
+        """One line: `hsmv-policy-<version>:` and base64url of the canonical JSON."""
         body = b64url_encode(canonical_json(self.to_json()))
-        return f"{POLICY_TEXT_PREFIX}{POLICY_VERSION}:{body}"
+        return f"{POLICY_TEXT_PREFIX}{self.version}:{body}"
 
     @classmethod
     def from_text(cls, text: str) -> SignedPolicy:
@@ -313,16 +456,23 @@ class SignedPolicy:
         head, colon, body = text.partition(":")
         if not colon or not head.startswith(POLICY_TEXT_PREFIX):
             raise PolicyFormatError("this is not an hsm-vault policy (hsmv-policy-...)")
-        version = head[len(POLICY_TEXT_PREFIX) :]
-        if version != str(POLICY_VERSION):
-            raise PolicyFormatError(f"unknown policy version {version!r}")
+        version_text = head[len(POLICY_TEXT_PREFIX) :]
+        version = next((v for v in POLICY_VERSIONS if version_text == str(v)), None)
+        if version is None:
+            raise PolicyFormatError(f"unknown policy version {version_text!r}")
         raw = _format(b64url_decode, body, "policy text")
         obj = _format(parse_canonical_json, raw, "policy")
-        if isinstance(obj, dict) and not is_version(obj.get("version"), POLICY_VERSION):
-            raise PolicyFormatError(f"unknown policy envelope version {obj.get('version')!r}")
+        if isinstance(obj, dict) and not is_version(obj.get("version"), version):
+            raise PolicyFormatError(
+                f"the policy envelope version {obj.get('version')!r} is not the text's {version}"
+            )
         obj = _format(_exact_keys, obj, ("id", "policy", "signatures", "version"), "policy")
         stated = _format(hex_digest_field, obj["id"], "policy id")
         policy_body = PolicyBody.from_json(obj["policy"])
+        if policy_body.version != version:
+            raise PolicyFormatError(
+                f"the policy body is version {policy_body.version}, its envelope {version}"
+            )
         if not isinstance(obj["signatures"], list):
             raise PolicyFormatError("the signatures must be a list")
         signatures = tuple(_format(CardSignature.from_json, s) for s in obj["signatures"])
@@ -334,13 +484,18 @@ class SignedPolicy:
             raise PolicyVerificationError("the policy id does not match its content")
         return policy
 
-    def card_trust(self, app_spki: bytes) -> TrustPolicy:
-        """The trust policy for cards under this policy: self, app, and officer approvals."""
+    def card_trust(
+        self, app_spki: bytes, attestation_roots: tuple[Any, ...] | None = None
+    ) -> TrustPolicy:
+        """The trust policy for cards under this policy: self, app, officer approvals, and
+        key attestation (to `attestation_roots`; None: Yubico's) when the policy requires it."""
         return TrustPolicy(
             required=frozenset({APP}),
             trusted={APP: (app_spki,)},
             approvals=self.body.approvals,
             officers=tuple(o.key for o in self.body.officers),
+            require_attestation=self.body.require_attestation,
+            attestation_roots=attestation_roots,
         )
 
 
@@ -426,6 +581,12 @@ def accept_policy(held: SignedPolicy, new: SignedPolicy, app_spki: bytes) -> Non
     if new.serial != held.serial + 1 or new.body.previous != held.id:
         raise PolicyVerificationError(
             f"policy {new.serial} does not follow the pinned policy {held.serial}"
+        )
+    if new.version < held.version:
+        # P8: an older format cannot state the newer rules; going back would drop them.
+        raise PolicyVerificationError(
+            f"policy {new.serial} is format version {new.version}, older than the pinned "
+            f"policy's {held.version}"
         )
     _verify_app(new, app_spki)
     approvers = officer_approvals(new, held.body)

@@ -1354,6 +1354,223 @@ def build_officers() -> None:
     )
 
 
+# --- attestation (V10, V11, F15) ----------------------------------------------------------------
+
+ATTEST_ROOT = rsa_key("attestation-test-root", 2048)
+ATTEST_DEVICE = rsa_key("attestation-test-device-f9", 2048)
+YUBICO = "1.3.6.1.4.1.41482.3."
+ATTESTED_FIELDS = {
+    "serial": 31800223,
+    "firmware": "5.4.3",
+    "pin_policy": "once",
+    "touch_policy": "never",
+    "form_factor": "usb-a-keychain",
+}
+
+
+def _certificate(
+    subject: str, issuer: str, public: Any, signer: Any, serial: int, extensions: Any = ()
+) -> bytes:
+    """A deterministic certificate: RSA PKCS#1 v1.5 signatures, fixed serial and dates."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(public)
+        .serial_number(serial)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=3650))
+    )
+    for oid, value in extensions:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(YUBICO + oid), value), critical=False
+        )
+    return builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+ROOT_NAME = "Card Vectors Attestation Root (tests only)"
+ATTEST_ROOT_DER = _certificate(ROOT_NAME, ROOT_NAME, ATTEST_ROOT.public_key(), ATTEST_ROOT, 1)
+DEVICE_DER = _certificate(
+    "Yubico PIV Attestation", ROOT_NAME, ATTEST_DEVICE.public_key(), ATTEST_ROOT, 2
+)
+
+
+def attestation_chain(key: KeyT, signer: Any = ATTEST_DEVICE, pin: int = 2) -> tuple[bytes, bytes]:
+    """(attestation certificate of `key`'s public key, device certificate), as a YubiKey
+    5.4.3 with serial 31800223 makes them: PIN policy `pin` (2: once), touch never."""
+    extensions = [
+        ("3", bytes([5, 4, 3])),
+        ("7", bytes([0x02, 0x04, 0x01, 0xE5, 0x3B, 0x9F])),
+        ("8", bytes([pin, 1])),
+        ("9", bytes([0x01])),
+    ]
+    attestation = _certificate(
+        "YubiKey PIV Attestation 9d",
+        "Yubico PIV Attestation",
+        key.public_key(),
+        signer,
+        3,
+        extensions,
+    )
+    return attestation, DEVICE_DER
+
+
+def attested_card(key: KeyT, chain: tuple[bytes, bytes] | None = None, **stated: Any) -> Card:
+    from hsm_vault.cards import CardAttestation
+
+    fields = {**ATTESTED_FIELDS, **stated}
+    return make_card(
+        key,
+        provenance=TokenProvenance(
+            "Yubico (www.yubico.com)", "YubiKey YK5", "31800223", True, True, True
+        ),
+        attestation=CardAttestation(chain=chain or attestation_chain(key), **fields),
+    )
+
+
+def attestation_policy(require: bool) -> str:
+    """A version 2 policy (serial 2, app-signed, no officers) with the attestation rule."""
+    from hsm_vault.trust import PolicyBody, SignedPolicy
+    from hsm_vault.trust.policy import sign_policy
+
+    body = PolicyBody(
+        serial=2,
+        app_key_id=key_id_of(spki(APP)).hex(),
+        approvals=0,
+        officers=(),
+        created_at=CREATED,
+        previous="0" * 64,
+        version=2,
+        require_attestation=require,
+    )
+    policy = sign_policy(SignedPolicy(body), "app", spki(APP), alg_of(APP), signer_for(APP))
+    return policy.to_text()
+
+
+def build_attestation() -> None:
+    """V10, V11 and F15: cards that state an attestation, checked against a test root."""
+    root = {"attestation_root": [ATTEST_ROOT_DER.hex()]}
+    attested = attested_card(ALICE)
+    vector(
+        "ok-attested",
+        "ok",
+        "success",
+        "an attested card whose chain verifies to the trusted test root",
+        attested.to_text(),
+        **root,
+    )
+    vector(
+        "ok-not-attested",
+        "ok",
+        "success",
+        "a card that states no attestation, with no rule requiring one",
+        make_card(ALICE).to_text(),
+        **root,
+    )
+    app_trust = {"trust": [f"app {spki(APP).hex()}"], "require": ["app"]}
+    vector(
+        "ok-attested-policy-requires",
+        "ok",
+        "success",
+        "an attested card under a version 2 policy that requires attestation",
+        add_sig(attested, "app", APP).to_text(),
+        policy=attestation_policy(True),
+        **app_trust,
+        **root,
+    )
+    vector(
+        "v11-not-attested-policy-requires",
+        "V11",
+        "verification failure",
+        "an app-signed card without attestation under a policy that requires it",
+        add_sig(make_card(ALICE), "app", APP).to_text(),
+        policy=attestation_policy(True),
+        **app_trust,
+        **root,
+    )
+    vector(
+        "v10-root-not-trusted",
+        "V10",
+        "verification failure",
+        "the chain ends at a root the verifier does not trust (here: Yubico's alone)",
+        attested.to_text(),
+    )
+    vector(
+        "v10-another-key-attested",
+        "V10",
+        "verification failure",
+        "the chain attests mallory's key, not the card's (an attestation copied from elsewhere)",
+        attested_card(ALICE, chain=attestation_chain(MALLORY)).to_text(),
+        **root,
+    )
+    vector(
+        "v10-not-signed-by-device",
+        "V10",
+        "verification failure",
+        "the attestation certificate is signed by a key other than the device certificate's",
+        attested_card(ALICE, chain=attestation_chain(ALICE, signer=ATTEST_ROOT)).to_text(),
+        **root,
+    )
+    vector(
+        "v10-stated-policy-differs",
+        "V10",
+        "verification failure",
+        "the card states PIN policy always where its attestation says once",
+        attested_card(ALICE, pin_policy="always").to_text(),
+        **root,
+    )
+    vector(
+        "v10-stated-serial-differs",
+        "V10",
+        "verification failure",
+        "the card states another device serial than its attestation",
+        attested_card(ALICE, serial=1).to_text(),
+        **root,
+    )
+    bad = [
+        (
+            "f15-one-certificate",
+            "a chain of one certificate",
+            ("chain",),
+            [b64url_encode(DEVICE_DER)],
+        ),
+        (
+            "f15-not-a-certificate",
+            "a chain entry that is not DER X.509",
+            ("chain",),
+            [b64url_encode(b"0\x00"), b64url_encode(DEVICE_DER)],
+        ),
+        ("f15-unknown-pin-policy", "an unknown PIN policy", ("pin_policy",), "sometimes"),
+        ("f15-bad-firmware", "firmware that is not x.y.z", ("firmware",), "5.4"),
+        ("f15-negative-serial", "a negative serial", ("serial",), -1),
+        ("f15-bad-form-factor", "a form factor with spaces", ("form_factor",), "usb a"),
+        ("f15-extra-field", "an unknown attestation field", ("root",), "Yubico"),
+    ]
+    for name, comment, path, value in bad:
+        vector(
+            name,
+            "F15",
+            "format failure",
+            comment,
+            edited(attested, snap(setitem(("attestation", *path), value)), resign=ALICE),
+            **root,
+        )
+    vector(
+        "f15-attestation-null",
+        "F15",
+        "format failure",
+        "attestation null (an unattested card has no attestation field)",
+        edited(attested, snap(setitem(("attestation",), None)), resign=ALICE),
+        **root,
+    )
+
+
 def b64url_decode_any(text: str) -> bytes:
     import base64
 
@@ -1373,6 +1590,7 @@ def write(out: Path = OUT) -> None:
         lines += [f"require: {r}" for r in v.get("require", [])]
         if "policy" in v:
             lines.append(f"policy: {v['policy']}")
+        lines += [f"attestation-root: {r}" for r in v.get("attestation_root", [])]
         if "revocation" in v:
             lines.append(f"revocation: {v['revocation']}")
         for line in lines:
@@ -1385,4 +1603,5 @@ if __name__ == "__main__":
     # An optional argument writes elsewhere (the determinism test compares the two folders).
     build()
     build_officers()
+    build_attestation()
     write(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)

@@ -6,7 +6,7 @@ Deterministic (the keys and signing of make_card_vectors.py, fixed times). Each 
 `rule`, `expect` (success, format failure, verification failure), `comment`, `app` (the
 pinned application key, hex DER SPKI), optionally `held` (the policy the client has pinned)
 and `policy` (the one offered). Without `held` the policy is checked as policy 1 of a server.
-The format and the rules P1-P7 are in docs/trust.md.
+The format and the rules P1-P8 are in docs/trust.md.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,8 @@ def officer(name: str, key: Any) -> PolicyOfficer:
     return PolicyOfficer(name, name, card.id, key_type_of_key(key), spki(key))
 
 
-def text_of(obj: dict[str, Any]) -> str:
-    return "hsmv-policy-1:" + b64url_encode(canonical_json(obj))
+def text_of(obj: dict[str, Any], version: int = 1) -> str:
+    return f"hsmv-policy-{version}:" + b64url_encode(canonical_json(obj))
 
 
 def edited(policy: SignedPolicy, edit: Any, *, fix_id: bool = True) -> str:
@@ -67,7 +68,7 @@ def edited(policy: SignedPolicy, edit: Any, *, fix_id: bool = True) -> str:
     edit(obj)
     if fix_id:
         obj["id"] = hashlib.sha256(canonical_json(obj["policy"])).hexdigest()
-    return text_of(obj)
+    return text_of(obj, policy.version)
 
 
 def build() -> None:
@@ -119,7 +120,14 @@ def build() -> None:
         "p1-unknown-version",
         "P1",
         "format failure",
-        "hsmv-policy-2:",
+        "hsmv-policy-3:",
+        "hsmv-policy-3:" + p4.to_text().partition(":")[2],
+    )
+    vector(
+        "p1-text-version-not-envelope",
+        "P1",
+        "format failure",
+        "hsmv-policy-2: on a version 1 envelope",
         "hsmv-policy-2:" + p4.to_text().partition(":")[2],
     )
     vector(
@@ -305,6 +313,188 @@ def build() -> None:
     )
 
 
+def build_v2() -> None:
+    """Version 2: the attestation rule, the optional recovery and log-head-age rules, P8."""
+    from hsm_vault.trust.policy import RecoveryCard, RecoveryShares
+
+    app_id = key_id_of(spki(APP)).hex()
+    olga, oscar = officer("olga", OLGA), officer("oscar", OSCAR)
+    recovery_card = add_sig(make_card(MALLORY, "recovery", identity_type="username"), "app", APP)
+    genesis = sign(
+        SignedPolicy(
+            PolicyBody(
+                1,
+                app_id,
+                0,
+                (),
+                CREATED,
+                None,
+                version=2,
+                require_attestation=True,
+                recovery=RecoveryCard(recovery_card.id),
+                max_head_age=300,
+            )
+        ),
+        "app",
+        APP,
+    )
+    vector(
+        "ok-v2-genesis",
+        "ok",
+        "success",
+        "version 2 policy 1: attestation required, a recovery card, log heads at most 300 s old",
+        genesis.to_text(),
+    )
+    v1_body = PolicyBody(1, app_id, 2, (), CREATED, None)
+    p2 = sign(SignedPolicy(v1_body.successor(created_at=CREATED, add=(olga, oscar))), "app", APP)
+    p3_body = replace(
+        p2.body.successor(created_at=LATER, require_attestation=True),
+        recovery=RecoveryShares(2, ("olga", "oscar")),
+        max_head_age=3600,
+    )
+    p3 = sign(
+        sign(sign(SignedPolicy(p3_body), "officer:olga", OLGA), "officer:oscar", OSCAR), "app", APP
+    )
+    vector(
+        "ok-v1-to-v2",
+        "ok",
+        "success",
+        "a version 1 policy followed by a version 2 one: attestation, 2-of-2 officer shares",
+        p3.to_text(),
+        p2.to_text(),
+    )
+    p4_body = PolicyBody(4, app_id, 2, p3.body.officers, LATER, p3.id)
+    p4 = sign(
+        sign(sign(SignedPolicy(p4_body), "officer:olga", OLGA), "officer:oscar", OSCAR), "app", APP
+    )
+    vector(
+        "p8-back-to-v1",
+        "P8",
+        "verification failure",
+        "after a version 2 policy, a version 1 one (it would drop the attestation rule)",
+        p4.to_text(),
+        p3.to_text(),
+    )
+
+    def body_edit(name: str, value: Any) -> Any:
+        def edit(obj: dict[str, Any]) -> None:
+            obj["policy"][name] = value
+
+        return edit
+
+    def body_drop(name: str) -> Any:
+        return lambda obj: obj["policy"].pop(name)
+
+    cases = [
+        (
+            "p2-v2-no-attestation-field",
+            "version 2 without require_attestation",
+            genesis,
+            body_drop("require_attestation"),
+        ),
+        (
+            "p2-v2-attestation-not-bool",
+            "require_attestation 1, not true",
+            genesis,
+            body_edit("require_attestation", 1),
+        ),
+        (
+            "p2-v2-recovery-null",
+            "recovery null (absent unless set)",
+            genesis,
+            body_edit("recovery", None),
+        ),
+        (
+            "p2-v2-head-age-null",
+            "max_head_age null (absent unless set)",
+            genesis,
+            body_edit("max_head_age", None),
+        ),
+        ("p2-v2-head-age-zero", "max_head_age 0", genesis, body_edit("max_head_age", 0)),
+        (
+            "p2-v2-head-age-text",
+            "max_head_age as a string",
+            genesis,
+            body_edit("max_head_age", "300"),
+        ),
+        (
+            "p2-v2-recovery-unknown-method",
+            "an unknown recovery method",
+            genesis,
+            body_edit("recovery", {"method": "email"}),
+        ),
+        (
+            "p2-v2-recovery-card-bad-id",
+            "a recovery card id that is not hex",
+            genesis,
+            body_edit("recovery", {"method": "card", "card_id": "x"}),
+        ),
+        (
+            "p2-v2-shares-not-officer",
+            "a share holder who is not an officer",
+            p3,
+            body_edit(
+                "recovery",
+                {"method": "officer-shares", "officers": ["mallory", "olga"], "threshold": 2},
+            ),
+        ),
+        (
+            "p2-v2-shares-threshold-zero",
+            "threshold 0",
+            p3,
+            body_edit(
+                "recovery",
+                {"method": "officer-shares", "officers": ["olga", "oscar"], "threshold": 0},
+            ),
+        ),
+        (
+            "p2-v2-shares-threshold-above-n",
+            "threshold 3 of 2",
+            p3,
+            body_edit(
+                "recovery",
+                {"method": "officer-shares", "officers": ["olga", "oscar"], "threshold": 3},
+            ),
+        ),
+        (
+            "p2-v2-shares-unsorted",
+            "share holders not sorted",
+            p3,
+            body_edit(
+                "recovery",
+                {"method": "officer-shares", "officers": ["oscar", "olga"], "threshold": 1},
+            ),
+        ),
+        (
+            "p2-v2-unknown-field",
+            "a rule this version does not define",
+            genesis,
+            body_edit("max_age", 1),
+        ),
+        (
+            "p2-v1-with-attestation",
+            "a version 1 body stating require_attestation",
+            sign(SignedPolicy(v1_body), "app", APP),
+            body_edit("require_attestation", True),
+        ),
+        (
+            "p2-v2-body-in-v1-envelope",
+            "a version 2 body in a version 1 envelope",
+            genesis,
+            lambda obj: obj.update(version=1),
+        ),
+    ]
+    for name, comment, policy, edit in cases:
+        text = edited(policy, edit)
+        if name == "p2-v2-body-in-v1-envelope":
+            text = "hsmv-policy-1:" + text.partition(":")[2]
+        rule = "P1" if name == "p2-v2-body-in-v1-envelope" else "P2"
+        held = p2.to_text() if policy is p3 else ""
+        vector(
+            name.replace("p2-", "p1-", rule == "P1"), rule, "format failure", comment, text, held
+        )
+
+
 def write(out: Path = OUT) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.txt"):
@@ -321,4 +511,5 @@ def write(out: Path = OUT) -> None:
 
 if __name__ == "__main__":
     build()
+    build_v2()
     write(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,15 @@ def _script(command: str, folder: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start(folder: Path) -> VirtualYubiKey:
+def start(folder: Path, wait: float = 180.0) -> VirtualYubiKey:
+    # One pcscd per machine: another test run may hold it for a while; wait for it to go.
+    deadline = time.monotonic() + wait
     done = _script("up", folder)
+    while done.returncode != 0 and "already running" in done.stderr:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(3)
+        done = _script("up", folder)
     if done.returncode != 0:
         pytest.fail(f"scripts/virtual-yubikey up failed: {done.stderr.strip()}", pytrace=False)
     exports: dict[str, str] = {}

@@ -23,8 +23,6 @@ from typer.testing import CliRunner
 from hsm_vault.algorithms import KeyType
 from hsm_vault.cards.canonical import b64url_decode, b64url_encode, canonical_json
 from hsm_vault.cli.main import app
-from hsm_vault.envelope import Recipient
-from hsm_vault.envelope.recovery import RecoveryPlan
 from hsm_vault.token import open_session
 
 runner = CliRunner()
@@ -72,22 +70,27 @@ def world(softhsm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
         for i, card_id in enumerate(cards):  # each approved by another officer
             status, out = cli(officers[(i + 1) % 3], "card", "approve", card_id)
             assert status == 0, out
+        # The officers and the 2-of-3 recovery rule (adopted at once under --approvals 0).
+        names = [arg for o in officers for arg in ("--add-officer", o.name)]
+        shares = [arg for o in officers for arg in ("--recovery-officer", o.name)]
+        status, out = cli(
+            officers[0], "policy", "propose", *names, *shares, "--recovery-threshold", "2"
+        )
+        assert status == 0, out
+        status, out = cli(alice, "policy", "show", "--json")
+        assert status == 0, out
+        assert json.loads(out)["recovery"]["threshold"] == 2
         yield World(server, alice, officers, cards)
     finally:
         server.stop()
 
 
 def encrypt_with_recovery(world: World, alice_card: str, src: Path) -> Path:
-    """Alice encrypts `src` to her card, with the 2-of-3 officer recovery entries."""
-    from hsm_vault.vault import encrypt_file, recipient_for
-
-    with world.alice.client() as client:
-        trust = world.server.card_trust
-        cards = [client.fetch_card(c, trust).card for c in [alice_card, *world.officer_cards]]
-    plan = RecoveryPlan(2, tuple(recipient_for(c) for c in cards[1:]))
-    dst = src.with_name(src.name + ".hsmv")
-    encrypt_file(src, dst, [Recipient.from_card(cards[0])], recovery=plan)
-    return dst
+    """Alice encrypts `src` to her card; the policy adds the 2-of-3 officer shares."""
+    status, out = cli(world.alice, "encrypt", "--to", alice_card, str(src))
+    assert status == 0, out
+    assert "recovery: any 2 of 3" in out
+    return src.with_name(src.name + ".hsmv")
 
 
 def tampered_text(text: str, change: Any) -> str:
@@ -111,6 +114,8 @@ def test_two_of_three_officers_recover_alices_file(world: World, tmp_path: Path)
     other_sealed = encrypt_with_recovery(world, old_card, other)
     original = sealed.read_bytes()
     secret.unlink()
+    status, out = cli(alice, "encrypt", "--to", old_card, "--no-recovery", str(other), "-o", "x")
+    assert status != 0 and "--no-recovery is not allowed" in out
 
     status, out = cli(alice, "inspect", str(sealed), "--json")
     assert status == 0, out

@@ -471,13 +471,16 @@ class VaultClient:
         add_officers: tuple[str, ...] = (),
         remove_officers: tuple[str, ...] = (),
         require_attestation: bool | None = None,
+        recovery: dict[str, Any] | None = None,
     ) -> SignedPolicy:
-        """Propose the next policy (officers); it replaces any open proposal."""
+        """Propose the next policy (officers); it replaces any open proposal. `recovery`: the
+        recovery rule as docs/trust.md writes it."""
         body = {
             "approvals": approvals,
             "add_officers": list(add_officers),
             "remove_officers": list(remove_officers),
             "require_attestation": require_attestation,
+            "recovery": recovery,
         }
         return _policy_of(self._json("POST", "/v1/policy/proposal", json=body))
 

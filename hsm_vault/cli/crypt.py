@@ -113,12 +113,17 @@ def policy_recovery(no_recovery: bool) -> RecoveryPlan | None:
     The holders' cards are verified under the pinned policy (the keyring's copy, else fetched
     from the server). A policy with a recovery rule does not allow --no-recovery.
     """
-    from hsm_vault.cli.card import pinned_anchors
+    from hsm_vault.config import Config
     from hsm_vault.errors import PolicyVerificationError
+    from hsm_vault.trust.anchors import PINNED_POLICY_KEY, TrustAnchors
     from hsm_vault.trust.policy import RecoveryCard
 
-    anchors = pinned_anchors()
-    rule = anchors.policy.body.recovery if anchors and anchors.policy else None
+    config = Config.load()
+    pinned = config.extra.get(PINNED_POLICY_KEY)
+    if not (config.app_key_spki and pinned):  # no server policy pinned: nothing to enforce
+        return None
+    anchors = TrustAnchors.from_pinned(config.app_key_spki, config.app_fingerprint, pinned)
+    rule = anchors.policy.body.recovery if anchors.policy else None
     if rule is None:
         return None
     if no_recovery:

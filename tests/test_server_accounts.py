@@ -343,6 +343,7 @@ def test_migrations_match_the_models(tmp_path) -> None:
     from hsm_vault.server.db import Base, make_engine, migrate_to_head, schema_revision
 
     importlib.import_module("hsm_vault.server.approvals")  # the policy tables are migrated too
+    importlib.import_module("hsm_vault.server.recovery")  # and the recovery approvals
 
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate_to_head(engine)

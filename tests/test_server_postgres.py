@@ -189,6 +189,7 @@ def test_migrations_match_the_models_on_postgresql(
     from hsm_vault.server.db import Base, make_engine, migrate_to_head, schema_revision
 
     importlib.import_module("hsm_vault.server.approvals")  # the policy tables are migrated too
+    importlib.import_module("hsm_vault.server.recovery")  # and the recovery approvals
 
     engine = make_engine(postgres.create_database())
     try:

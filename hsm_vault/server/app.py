@@ -100,12 +100,19 @@ def _attach(app: FastAPI, resources: ServerResources) -> None:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from hsm_vault.server import routes_accounts, routes_cards, routes_health, routes_policy
+    from hsm_vault.server import (
+        routes_accounts,
+        routes_cards,
+        routes_health,
+        routes_policy,
+        routes_recovery,
+    )
 
     app.include_router(routes_health.router)
     app.include_router(routes_accounts.router)
     app.include_router(routes_cards.router)
     app.include_router(routes_policy.router)
+    app.include_router(routes_recovery.router)
     for name in _OPTIONAL_ROUTERS:
         if importlib.util.find_spec(name) is not None:
             app.include_router(importlib.import_module(name).router)

@@ -207,6 +207,19 @@ class SignatureError(EnvelopeError):
     hint = "Do not trust this file: its signature is missing or does not verify."
 
 
+class RecoveryError(EnvelopeError):
+    """A recovery request or share that is malformed or does not verify, or too few shares."""
+
+    hint = (
+        "Nothing was written. Check that every share is for this file and this request, and "
+        "ask the officer who made a refused one to approve again."
+    )
+
+
+class RecoveryFormatError(RecoveryError):
+    """A recovery request or share text that is malformed (rules R1, R5 in docs/trust.md)."""
+
+
 # --- server and client -------------------------------------------------------------------------
 
 

@@ -12,12 +12,12 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hsm_vault.envelope import Header, Identity, read_header
-from hsm_vault.envelope.rewrap import RecipientChange, new_key_ids, rewrap
+from hsm_vault.envelope.rewrap import RecipientChange, new_key_ids, rewrap, rewrap_header
 from hsm_vault.envelope.stream import Progress
 from hsm_vault.errors import EnvelopeError, UsageError
 
@@ -44,6 +44,26 @@ def rewrap_file(
     progress: Progress | None = None,
 ) -> RewrapResult:
     """Give `path` the recipients `change` describes, in place, without re-encrypting it."""
+    return _rewrap_in_place(
+        path, change, lambda header: rewrap(header, identities, change), progress
+    )
+
+
+def rewrap_file_with_key(
+    path: Path, file_key: bytes, change: RecipientChange, *, progress: Progress | None = None
+) -> RewrapResult:
+    """`rewrap_file` with a file key obtained some other way (a recovery ceremony)."""
+    return _rewrap_in_place(
+        path, change, lambda header: rewrap_header(header, file_key, change), progress
+    )
+
+
+def _rewrap_in_place(
+    path: Path,
+    change: RecipientChange,
+    new_header: Callable[[Header], Header],
+    progress: Progress | None,
+) -> RewrapResult:
     target = Path(os.path.realpath(path))
     try:
         source = open(target, "rb", buffering=0)  # noqa: SIM115 (closed below)
@@ -56,7 +76,7 @@ def rewrap_file(
         wanted = new_key_ids(header, change)
         if wanted == [entry.key_id for entry in header.recipients]:
             return RewrapResult(path, False, header, payload_size)
-        new = rewrap(header, identities, change)
+        new = new_header(header)
         _replace(target, source.fileno(), before, header, new, progress)
     return RewrapResult(path, True, new, payload_size)
 

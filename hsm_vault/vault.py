@@ -32,6 +32,7 @@ from hsm_vault.envelope import (
     key_id_of,
     read_header,
 )
+from hsm_vault.envelope.recovery import RecoveryPlan
 from hsm_vault.envelope.stream import Progress, plaintext_size
 from hsm_vault.errors import (
     CardError,
@@ -197,17 +198,19 @@ def encrypt_file(
     recipients: Sequence[Recipient],
     signer: Any = None,
     *,
+    recovery: RecoveryPlan | None = None,
     force: bool = False,
     progress: Progress | None = None,
 ) -> EncryptResult:
-    """Encrypt `src` (stdin if None) to `dst` (stdout if None) for `recipients`.
+    """Encrypt `src` (stdin if None) to `dst` (stdout if None) for `recipients`, and with
+    `recovery` for its share holders too.
 
     Never writes over the input; refuses an existing output unless `force`; the output appears
     only when complete.
     """
     _check_output(src, dst, force)
     with open_input(src) as source, _atomic_output(dst, _public_mode(), force=force) as out:
-        return encrypt(source, out, recipients, signer, progress=progress)
+        return encrypt(source, out, recipients, signer, recovery=recovery, progress=progress)
 
 
 def decrypt_file(

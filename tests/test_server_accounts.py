@@ -344,6 +344,7 @@ def test_migrations_match_the_models(tmp_path) -> None:
 
     importlib.import_module("hsm_vault.server.approvals")  # the policy tables are migrated too
     importlib.import_module("hsm_vault.server.log")  # and the log tables
+    importlib.import_module("hsm_vault.server.recovery")  # and the recovery approvals
 
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate_to_head(engine)

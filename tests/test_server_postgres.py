@@ -190,6 +190,7 @@ def test_migrations_match_the_models_on_postgresql(
 
     importlib.import_module("hsm_vault.server.approvals")  # the policy tables are migrated too
     importlib.import_module("hsm_vault.server.log")  # and the log tables
+    importlib.import_module("hsm_vault.server.recovery")  # and the recovery approvals
 
     engine = make_engine(postgres.create_database())
     try:

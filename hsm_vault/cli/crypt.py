@@ -34,6 +34,7 @@ from hsm_vault.errors import CardNotFound, HsmVaultError, NoMatchingRecipient, U
 if TYPE_CHECKING:
     from hsm_vault.cards import Card, Keyring
     from hsm_vault.envelope import Recipient, Verifier
+    from hsm_vault.envelope.recovery import RecoveryPlan
 
 
 FilesArg = Annotated[
@@ -111,6 +112,82 @@ def resolve_recipients(refs: list[str]) -> list[Recipient]:
 
     keyring = Keyring()
     return [recipient_for(_card_or_fetch(ref, keyring)) for ref in refs]
+
+
+def policy_recovery(no_recovery: bool) -> RecoveryPlan | None:
+    """The recovery holders the pinned server policy requires in every file, or None.
+
+    The holders' cards are verified under the pinned policy (the keyring's copy, else fetched
+    from the server). A policy with a recovery rule does not allow --no-recovery.
+    """
+    from hsm_vault.config import Config
+    from hsm_vault.errors import PolicyVerificationError
+    from hsm_vault.trust.anchors import PINNED_POLICY_KEY, TrustAnchors
+    from hsm_vault.trust.policy import RecoveryCard
+
+    config = Config.load()
+    pinned = config.extra.get(PINNED_POLICY_KEY)
+    if not (config.app_key_spki and pinned):  # no server policy pinned: nothing to enforce
+        return None
+    anchors = TrustAnchors.from_pinned(config.app_key_spki, config.app_fingerprint, pinned)
+    rule = anchors.policy.body.recovery if anchors.policy else None
+    if rule is None:
+        return None
+    if no_recovery:
+        raise UsageError(
+            "the server policy requires recovery entries in every file: --no-recovery is not "
+            "allowed",
+            hint="'hsm-vault policy show' shows the recovery rule; officers change it.",
+        )
+    assert anchors is not None and anchors.policy is not None
+    body = anchors.policy.body
+    if isinstance(rule, RecoveryCard):
+        card_ids, threshold = [rule.card_id], 1
+    else:
+        card_ids, threshold = [], rule.threshold
+        for name in rule.officers:
+            officer = body.officer(name)
+            if officer is None:
+                raise PolicyVerificationError(f"recovery holder {name!r} is not an officer")
+            card_ids.append(officer.card_id)
+    from hsm_vault.recovery import recovery_plan
+
+    return recovery_plan(_holder_cards(card_ids, anchors.card_policy()), threshold)
+
+
+def _holder_cards(card_ids: list[str], trust: Any) -> list[Card]:
+    """The recovery holders' cards, verified under `trust`; fetched when the keyring lacks
+    them, and refused when revoked."""
+    from hsm_vault.cards import Keyring
+    from hsm_vault.errors import CardRevoked
+    from hsm_vault.trust import verify_card
+
+    keyring = Keyring()
+    cards: list[Card] = []
+    missing = []
+    for card_id in card_ids:
+        try:
+            entry = keyring.get(card_id)
+        except CardNotFound:
+            missing.append(card_id)
+            continue
+        if entry.status == "revoked":
+            raise CardRevoked(f"recovery card {card_id[:16]} is revoked: tell your officers")
+        verify_card(entry.card, trust)
+        cards.append(entry.card)
+    if missing:
+        from hsm_vault.client import client_from_config
+
+        with client_from_config() as client:
+            for card_id in missing:
+                verified = client.fetch_card(card_id, trust)
+                if verified.revoked:
+                    raise CardRevoked(f"recovery card {card_id[:16]} is revoked")
+                keyring.add(verified.card, origin="imported")
+    by_id = {c.id: c for c in cards}
+    for card_id in missing:
+        by_id[card_id] = keyring.get(card_id).card
+    return [by_id[c] for c in card_ids]
 
 
 def resolve_verifier(ref: str) -> Verifier:
@@ -248,6 +325,13 @@ def encrypt(
             "file (streamed; nothing is written here). The blob is named after -o, or FILE.hsmv.",
         ),
     ] = False,
+    no_recovery: Annotated[
+        bool,
+        typer.Option(
+            "--no-recovery",
+            help="Leave out the recovery holders (refused when the server policy requires them).",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     module: ModuleOpt = None,
     token: TokenOpt = None,
@@ -257,6 +341,8 @@ def encrypt(
 
     Encrypting needs only the recipients' public keys: no token, unless --sign-with. An
     identity that is not in the keyring is fetched from the server you are logged in to.
+    Under a server policy with a recovery rule, the file key's shares for the recovery
+    holders are added to every file (shown in the summary and by 'inspect').
     """
     from hsm_vault.vault import default_encrypt_output, encrypt_file
 
@@ -264,6 +350,7 @@ def encrypt(
         raise UsageError("name at least one recipient with --to", hint="e.g. --to alice")
     sources = _inputs(files)
     recipients = resolve_recipients(to)
+    recovery = policy_recovery(no_recovery)
     plan = _plan(sources, output, out_dir, default_encrypt_output)
     if upload:
         plan = [(src, _blob_name(src, dst)) for src, dst in plan]
@@ -276,16 +363,26 @@ def encrypt(
             with progress_bar("encrypting", _size(src), quiet=quiet) as progress:
                 if upload:
                     assert dst is not None
-                    meta = _encrypt_upload(src, dst.name, recipients, signer, force, progress)
+                    meta = _encrypt_upload(
+                        src, dst.name, recipients, signer, recovery, force, progress
+                    )
                     if not quiet:
                         err_console.print(
                             f"encrypted {src or '<stdin>'} -> blob {meta.owner}/{meta.name} "
                             f"({meta.size} bytes)"
                         )
                     return
-                encrypt_file(src, dst, recipients, signer, force=force, progress=progress)
+                encrypt_file(
+                    src, dst, recipients, signer, recovery=recovery, force=force, progress=progress
+                )
             if dst is not None and not quiet and stderr_is_terminal():
                 err_console.print(f"encrypted {src or '<stdin>'} -> {dst}")
+            if recovery is not None and not quiet:
+                names = ", ".join(h.name or h.key_id.hex()[:16] for h in recovery.holders)
+                err_console.print(
+                    f"recovery: any {recovery.threshold} of {len(recovery.holders)} ({names}) "
+                    "can recover it, as the server policy requires"
+                )
 
         _run_batch(plan, one)
 
@@ -310,6 +407,7 @@ def _encrypt_upload(
     name: str,
     recipients: list[Recipient],
     signer: Any,
+    recovery: RecoveryPlan | None,
     replace: bool,
     progress: Any,
 ) -> Any:
@@ -322,7 +420,9 @@ def _encrypt_upload(
         _, meta = upload_from_writer(
             client,
             name,
-            lambda out: encrypt(source, out, recipients, signer, progress=progress),
+            lambda out: encrypt(
+                source, out, recipients, signer, recovery=recovery, progress=progress
+            ),
             replace=replace,
         )
     return meta
@@ -559,8 +659,9 @@ def inspect(
         for entry in Keyring().entries():
             known[entry.card.key_id] = entry.card.identity
             cards[entry.card.id] = entry.card.identity
-    recipients = [
-        {
+
+    def describe(entry: Any) -> dict[str, Any]:
+        return {
             "key_id": entry.key_id.hex(),
             "key_type": entry.key_type.value,
             "wrap": "ecdh-x963kdf-sha256-aes256-wrap"
@@ -568,8 +669,17 @@ def inspect(
             else f"rsa-oaep-{entry.oaep_hash}",
             "identity": known.get(entry.key_id),
         }
-        for entry in header.recipients
-    ]
+
+    recipients = [describe(entry) for entry in header.recipients]
+    recovery: dict[str, Any] | None = None
+    if header.recovery is not None:
+        recovery = {
+            "threshold": header.recovery.threshold,
+            "shares": [
+                {"index": i + 1, **describe(entry)}
+                for i, entry in enumerate(header.recovery.shares)
+            ],
+        }
     signer = None
     if header.signer is not None:
         signer = {
@@ -580,13 +690,14 @@ def inspect(
         }
     info = {
         "file": str(file),
-        "version": 1,
+        "version": header.version,
         "header_size": len(header.raw),
         "plaintext_size": plaintext_size,
         "chunk_size": header.payload.chunk_size,
         "payload": header.payload.algorithm,
         "recipients": recipients,
         "signer": signer,
+        "recovery": recovery,
     }
     if plaintext_size is None:
         err_console.print(
@@ -599,7 +710,7 @@ def inspect(
         return
     out = typer.echo
     out(f"file:       {file}")
-    out("format:     hsm-vault v1, " + header.payload.algorithm)
+    out(f"format:     hsm-vault v{header.version}, " + header.payload.algorithm)
     if plaintext_size is None:
         out("size:       unknown: the file is truncated or damaged")
     else:
@@ -611,6 +722,12 @@ def inspect(
     for r in recipients:
         name = f"  {r['identity']}" if r["identity"] else ""
         out(f"  {r['key_id']}  {r['key_type']:9} {r['wrap']}{name}")
+    if recovery is not None:
+        shares = recovery["shares"]
+        out(f"recovery:   any {recovery['threshold']} of {len(shares)} share holders")
+        for r in shares:
+            name = f"  {r['identity']}" if r["identity"] else ""
+            out(f"  {r['index']}: {r['key_id']}  {r['key_type']:9} {r['wrap']}{name}")
     if signer is None:
         out("signer:     none")
     else:

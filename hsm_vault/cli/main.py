@@ -28,6 +28,7 @@ COMMAND_MODULES = {
     "decrypt": "crypt",
     "inspect": "crypt",
     "rewrap": "rewrap",
+    "recover": "recover",
     "export": "export",
     "login": "account",
     "logout": "account",

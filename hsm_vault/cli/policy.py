@@ -109,6 +109,23 @@ def show(json_out: JsonOpt = False) -> None:
     print_policy(anchors.policy)
 
 
+def _recovery_rule(
+    card: str | None, officers: list[str] | None, threshold: int | None
+) -> dict[str, Any] | None:
+    """The recovery options as the policy's rule (checked by the server and by every client)."""
+    if card is not None and (officers or threshold is not None):
+        raise UsageError("a recovery rule is a card or officer shares, not both")
+    if card is not None:
+        return {"method": "card", "card_id": card.lower()}
+    if not officers:
+        if threshold is not None:
+            raise UsageError("--recovery-threshold goes with --recovery-officer")
+        return None
+    if threshold is None:
+        raise UsageError("say how many shares recover a file: --recovery-threshold K")
+    return {"method": "officer-shares", "officers": sorted(set(officers)), "threshold": threshold}
+
+
 @policy_app.command("propose")
 def propose(
     approvals: Annotated[
@@ -128,14 +145,42 @@ def propose(
             help="yes: the server publishes, and clients accept, only cards with attested keys.",
         ),
     ] = None,
+    recovery_card: Annotated[
+        str | None,
+        typer.Option(
+            "--recovery-card",
+            metavar="CARD_ID",
+            help="Recovery rule: every file is also wrapped to this card (kept offline).",
+        ),
+    ] = None,
+    recovery_officer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--recovery-officer",
+            help="Recovery rule: an officer holding a share of every file key. Repeatable; "
+            "goes with --recovery-threshold.",
+        ),
+    ] = None,
+    recovery_threshold: Annotated[
+        int | None,
+        typer.Option("--recovery-threshold", min=1, max=64, help="Shares needed to recover."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Propose the next policy (officers). The officers of the policy in force sign it with
     'hsm-vault policy sign'; it is in force once their quorum has."""
-    if approvals is None and not add_officer and not remove_officer and not require_attestation:
+    recovery = _recovery_rule(recovery_card, recovery_officer, recovery_threshold)
+    if (
+        approvals is None
+        and not add_officer
+        and not remove_officer
+        and not require_attestation
+        and recovery is None
+    ):
         raise UsageError(
             "propose a change",
-            hint="Give --approvals, --add-officer, --remove-officer or --require-attestation.",
+            hint="Give --approvals, --add-officer, --remove-officer, --require-attestation, "
+            "--recovery-card or --recovery-officer.",
         )
     client, _anchors, _ = _client()
     with client:
@@ -146,6 +191,7 @@ def propose(
             require_attestation=(
                 None if require_attestation is None else require_attestation is Toggle.YES
             ),
+            recovery=recovery,
         )
     if json_out:
         print_json(policy_summary(proposal))

@@ -533,13 +533,16 @@ class VaultClient:
         add_officers: tuple[str, ...] = (),
         remove_officers: tuple[str, ...] = (),
         require_attestation: bool | None = None,
+        recovery: dict[str, Any] | None = None,
     ) -> SignedPolicy:
-        """Propose the next policy (officers); it replaces any open proposal."""
+        """Propose the next policy (officers); it replaces any open proposal. `recovery`: the
+        recovery rule as docs/trust.md writes it."""
         body = {
             "approvals": approvals,
             "add_officers": list(add_officers),
             "remove_officers": list(remove_officers),
             "require_attestation": require_attestation,
+            "recovery": recovery,
         }
         return _policy_of(self._json("POST", "/v1/policy/proposal", json=body))
 
@@ -550,6 +553,21 @@ class VaultClient:
         return _policy_of(self._json("POST", "/v1/policy/proposal/signatures", json=body))
 
     # -- cards, verified
+    # -- recovery
+    def record_recovery_approval(self, share_text: str) -> dict[str, Any]:
+        """Record a recovery approval (the signed share) on the server; its record."""
+        body: dict[str, Any] = self._json(
+            "POST", "/v1/recovery/approvals", json={"share": share_text}
+        )
+        return body
+
+    def recovery_approvals(self, request_id: str) -> list[dict[str, Any]]:
+        """The approvals the server recorded for a recovery request."""
+        body: list[dict[str, Any]] = self._json(
+            "GET", f"/v1/recovery/requests/{request_id}/approvals"
+        )
+        return body
+
     def find_cards(
         self, identity: str, policy: TrustPolicy, log: LogCheck | None = None
     ) -> list[VerifiedCard]:

@@ -26,15 +26,19 @@ from hsm_vault.envelope.format import (
     FILE_KEY_LENGTH,
     MAC_LENGTH,
     PREFIX_LENGTH,
+    RECOVERY_VERSION,
     SALT_LENGTH,
+    VERSION,
     HeaderBody,
     PayloadParameters,
     RecipientEntry,
+    RecoveryEntries,
     SignerReference,
     encode_body,
     encode_prefix,
     parse_body,
     parse_prefix,
+    prefix_version,
 )
 from hsm_vault.envelope.recipients import (
     Identity,
@@ -45,6 +49,7 @@ from hsm_vault.envelope.recipients import (
     unwrap_file_key,
     wrap_file_key,
 )
+from hsm_vault.envelope.recovery import RecoveryPlan, recovery_structure_for
 from hsm_vault.envelope.stream import (
     Progress,
     is_large,
@@ -127,6 +132,14 @@ class Header:
         return self.body.signer
 
     @property
+    def recovery(self) -> RecoveryEntries | None:
+        return self.body.recovery
+
+    @property
+    def version(self) -> int:
+        return prefix_version(self.raw)
+
+    @property
     def mac(self) -> bytes:
         return self.raw[-MAC_LENGTH:]
 
@@ -172,8 +185,9 @@ def read_header(src: BinaryIO) -> Header:
     mac = _read_exact(src, MAC_LENGTH)
     if len(body) != length or len(mac) != MAC_LENGTH:
         raise HeaderError("file truncated inside the header")
-    parsed = parse_body(body)
-    for entry in parsed.recipients:
+    parsed = parse_body(body, prefix_version(prefix))
+    shares = parsed.recovery.shares if parsed.recovery is not None else ()
+    for entry in (*parsed.recipients, *shares):
         check_entry_point(entry)
     return Header(parsed, prefix + body + mac)
 
@@ -192,6 +206,7 @@ def encrypt(
     recipients: Sequence[Recipient],
     signer: Signer | None = None,
     *,
+    recovery: RecoveryPlan | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Progress | None = None,
     randomness: Randomness | None = None,
@@ -199,7 +214,8 @@ def encrypt(
     """Encrypt `src` to every recipient, writing an hsm-vault file to `dst`.
 
     Needs no token unless `signer` is given (the signature is made on the sender's token).
-    `randomness` is for generating test vectors only.
+    With `recovery`, the header also carries the file key's shares for its holders (a
+    version 2 header). `randomness` is for generating test vectors only.
     """
     if not recipients:
         raise EnvelopeError("no recipients", hint="Name at least one recipient with --to.")
@@ -213,10 +229,12 @@ def encrypt(
     payload = PayloadParameters(chunk_size=chunk_size, salt=rng.random_bytes(SALT_LENGTH))
     entries = [wrap_file_key(r, file_key, rng) for r in recipients]
     reference = signer.reference if signer is not None else None
-    body = encode_body(entries, payload, reference)
-    prefix_and_body = encode_prefix(len(body)) + body
+    structure = recovery_structure_for(recovery, file_key, rng) if recovery else None
+    version = RECOVERY_VERSION if recovery else VERSION
+    body = encode_body(entries, payload, reference, structure)
+    prefix_and_body = encode_prefix(len(body), version) + body
     raw = prefix_and_body + header_mac(file_key, prefix_and_body)
-    header = Header(parse_body(body), raw)
+    header = Header(parse_body(body, version), raw)
     hasher = _signature_hash(reference.algorithm) if reference else None
     if hasher is not None:
         hasher.update(raw)
@@ -300,6 +318,34 @@ def decrypt(
     if header is None:
         header = read_header(src)
     file_key, key_id = unwrap(header, identities)
+    return _open(src, dst, header, file_key, key_id, verifier, progress)
+
+
+def decrypt_with_file_key(
+    src: BinaryIO,
+    dst: BinaryIO,
+    header: Header,
+    file_key: bytes,
+    *,
+    progress: Progress | None = None,
+) -> DecryptResult:
+    """Decrypt the payload that follows `header` (already read from `src`) with a file key
+    obtained some other way (a recovery); the header MAC is verified first (H13)."""
+    expected = header_mac(file_key, header.raw[:-MAC_LENGTH])
+    if not hmac.compare_digest(expected, header.mac):
+        raise HeaderError("the header MAC does not verify under that file key")
+    return _open(src, dst, header, file_key, b"", None, progress)
+
+
+def _open(
+    src: BinaryIO,
+    dst: BinaryIO,
+    header: Header,
+    file_key: bytes,
+    key_id: bytes,
+    verifier: Verifier | None,
+    progress: Progress | None,
+) -> DecryptResult:
     reference = header.signer
     if verifier is not None:
         if reference is None:

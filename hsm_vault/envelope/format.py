@@ -18,6 +18,11 @@ from hsm_vault.errors import HeaderError
 
 MAGIC = b"HSMV\r\n\x1a\n"
 VERSION = 1
+#: Version 2 is version 1 with recovery entries (docs/format.md): a writer uses it only for a
+#: file that has them, so files without recovery stay readable by every version 1 reader.
+RECOVERY_VERSION = 2
+VERSIONS = (VERSION, RECOVERY_VERSION)
+MAX_SHARES = 64
 PREFIX_LENGTH = len(MAGIC) + 1 + 4
 MAC_LENGTH = 32
 KEY_ID_LENGTH = 32
@@ -79,11 +84,30 @@ class _SignerReference(core.Sequence):
     ]
 
 
+class _RecoveryShare(core.Sequence):
+    _fields = [  # noqa: RUF012
+        ("index", core.Integer),
+        ("entry", cms.RecipientInfo),
+    ]
+
+
+class _RecoveryShares(core.SequenceOf):
+    _child_spec = _RecoveryShare
+
+
+class _Recovery(core.Sequence):
+    _fields = [  # noqa: RUF012
+        ("threshold", core.Integer),
+        ("shares", _RecoveryShares),
+    ]
+
+
 class _HeaderBody(core.Sequence):
     _fields = [  # noqa: RUF012
         ("recipients", _RecipientInfos),
         ("payload", _PayloadParameters),
         ("signer", _SignerReference, {"implicit": 0, "optional": True}),
+        ("recovery", _Recovery, {"implicit": 1, "optional": True}),
     ]
 
 
@@ -149,6 +173,30 @@ class RecipientEntry:
         return f"RecipientEntry(key_id={self.key_id.hex()}, key_type={self.key_type})"
 
 
+@dataclass(frozen=True)
+class RecoveryEntries:
+    """The recovery part of a version 2 header: any `threshold` of the shares rebuild the file
+    key. `shares[i]` holds the share with Shamir index i + 1, wrapped to its holder's key."""
+
+    threshold: int
+    shares: tuple[RecipientEntry, ...]
+
+    def __post_init__(self) -> None:
+        count = len(self.shares)
+        if not 1 <= count <= MAX_SHARES:
+            raise HeaderError(f"recovery has {count} shares (1 to {MAX_SHARES} allowed)")
+        if not 1 <= self.threshold <= count:
+            raise HeaderError(f"recovery threshold {self.threshold} is not 1 to {count}")
+        ids = [entry.key_id for entry in self.shares]
+        if len(set(ids)) != len(ids):
+            raise HeaderError("two recovery shares are for the same key id")
+
+    def index_of(self, key_id: bytes) -> int | None:
+        """The share index (from 1) held by `key_id`, or None."""
+        ids = [entry.key_id for entry in self.shares]
+        return ids.index(key_id) + 1 if key_id in ids else None
+
+
 def ec_entry(key_id: bytes, key_type: KeyType, ephemeral_point: bytes, encrypted_key: bytes) -> Any:
     """A KeyAgreeRecipientInfo (RFC 5753) for one EC recipient."""
     kari = cms.KeyAgreeRecipientInfo(
@@ -204,10 +252,24 @@ def rsa_entry(key_id: bytes, oaep_hash: str, encrypted_key: bytes) -> Any:
     return cms.RecipientInfo(name="ktri", value=ktri)
 
 
+def recovery_value(threshold: int, share_entries: list[Any]) -> Any:
+    """The Recovery structure: share i + 1 is `share_entries[i]` (a RecipientInfo)."""
+    return _Recovery(
+        {
+            "threshold": threshold,
+            "shares": [{"index": i + 1, "entry": e} for i, e in enumerate(share_entries)],
+        }
+    )
+
+
 def encode_body(
-    entries: list[Any], payload: PayloadParameters, signer: SignerReference | None
+    entries: list[Any],
+    payload: PayloadParameters,
+    signer: SignerReference | None,
+    recovery: Any = None,
 ) -> bytes:
-    """DER HeaderBody from RecipientInfo values (see `ec_entry`/`rsa_entry`)."""
+    """DER HeaderBody from RecipientInfo values (see `ec_entry`/`rsa_entry`) and, for a
+    version 2 header, the Recovery structure (`recovery_value`)."""
     value: dict[str, Any] = {
         "recipients": entries,
         "payload": {
@@ -223,15 +285,22 @@ def encode_body(
             "algorithm": signer.algorithm.value,
             "signature_length": signer.signature_length,
         }
+    if recovery is not None:
+        value["recovery"] = recovery
     body: bytes = _HeaderBody(value).dump()
     if not 0 < len(body) <= MAX_BODY_LENGTH:
         raise HeaderError("header too large: too many recipients")
     return body
 
 
-def encode_prefix(body_length: int) -> bytes:
+def encode_prefix(body_length: int, version: int = VERSION) -> bytes:
     """magic || version || body length."""
-    return MAGIC + bytes([VERSION]) + struct.pack(">I", body_length)
+    return MAGIC + bytes([version]) + struct.pack(">I", body_length)
+
+
+def prefix_version(prefix: bytes) -> int:
+    """The version byte of a prefix that `parse_prefix` accepted."""
+    return prefix[len(MAGIC)]
 
 
 def parse_prefix(prefix: bytes) -> int:
@@ -240,7 +309,7 @@ def parse_prefix(prefix: bytes) -> int:
         raise HeaderError("not an hsm-vault file (bad magic)")
     if len(prefix) < len(MAGIC) + 1:
         raise HeaderError("file truncated inside the header")
-    if prefix[len(MAGIC)] != VERSION:
+    if prefix[len(MAGIC)] not in VERSIONS:
         raise HeaderError(
             f"unsupported format version {prefix[len(MAGIC)]}",
             hint="The file was written by a newer hsm-vault; upgrade to read it.",
@@ -260,10 +329,12 @@ class HeaderBody:
     recipients: tuple[RecipientEntry, ...]
     payload: PayloadParameters
     signer: SignerReference | None
+    recovery: RecoveryEntries | None = None
 
 
-def parse_body(body: bytes) -> HeaderBody:
-    """Parse DER HeaderBody; raise `HeaderError` for anything docs/format.md rejects."""
+def parse_body(body: bytes, version: int = VERSION) -> HeaderBody:
+    """Parse DER HeaderBody of a header of `version`; raise `HeaderError` for anything
+    docs/format.md rejects."""
     try:
         parsed = _HeaderBody.load(body, strict=True)
         # Touch every field so that lazy parsing errors surface here, then insist on DER.
@@ -290,6 +361,7 @@ def parse_body(body: bytes) -> HeaderBody:
                 algorithm=algorithm,
                 signature_length=value["signature_length"].native,
             )
+        recovery = _parse_recovery(parsed["recovery"]) if parsed["recovery"].native else None
     except HeaderError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -299,7 +371,43 @@ def parse_body(body: bytes) -> HeaderBody:
     ids = [entry.key_id for entry in entries]
     if len(set(ids)) != len(ids):
         raise HeaderError("two recipient entries have the same key id")
-    return HeaderBody(tuple(entries), payload, signer)
+    if (recovery is not None) != (version == RECOVERY_VERSION):
+        raise HeaderError(
+            f"a version {version} header must {'' if version == RECOVERY_VERSION else 'not '}"
+            "carry recovery entries"
+        )
+    return HeaderBody(tuple(entries), payload, signer, recovery)
+
+
+def _parse_recovery(value: Any) -> RecoveryEntries:
+    shares = []
+    for position, share in enumerate(value["shares"]):
+        if share["index"].native != position + 1:
+            raise HeaderError("recovery share indexes must be 1, 2, ... in order")
+        shares.append(_parse_entry(share["entry"]))
+    return RecoveryEntries(value["threshold"].native, tuple(shares))
+
+
+def recovery_structure(body: bytes) -> Any:
+    """The Recovery structure of a body that `parse_body` accepted (None in version 1), to be
+    copied as it is into a re-wrapped header."""
+    parsed = _HeaderBody.load(body, strict=True)
+    value = parsed["recovery"]
+    return _Recovery.load(value.untag().dump(force=True)) if value.native else None
+
+
+def parse_recipient_info(der: bytes) -> RecipientEntry:
+    """One DER RecipientInfo (as a recovery share carries it), checked as a header entry is."""
+    try:
+        info = cms.RecipientInfo.load(der, strict=True)
+        info.native  # noqa: B018
+        if info.dump(force=True) != der:
+            raise HeaderError("the recipient entry is not DER")
+        return _parse_entry(info)
+    except HeaderError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise HeaderError("the recipient entry is malformed") from exc
 
 
 def recipient_infos(body: bytes) -> dict[bytes, bytes]:

@@ -27,6 +27,7 @@ from hsm_vault.envelope.format import (
     encode_prefix,
     parse_body,
     recipient_infos,
+    recovery_structure,
 )
 from hsm_vault.envelope.recipients import Identity, Randomness, Recipient, wrap_file_key
 from hsm_vault.errors import EnvelopeError, HeaderError
@@ -116,9 +117,12 @@ def rewrap_header(
             entries.append(cms.RecipientInfo.load(old[key_id]))
         else:
             entries.append(wrap_file_key(added[key_id], file_key, rng))
-    body = encode_body(entries, header.payload, header.signer)
-    prefix_and_body = encode_prefix(len(body)) + body
-    return Header(parse_body(body), prefix_and_body + header_mac(file_key, prefix_and_body))
+    # Recovery entries are copied as they are: the shares are of the same file key.
+    body = encode_body(entries, header.payload, header.signer, recovery_structure(_body(header)))
+    prefix_and_body = encode_prefix(len(body), header.version) + body
+    return Header(
+        parse_body(body, header.version), prefix_and_body + header_mac(file_key, prefix_and_body)
+    )
 
 
 def rewrap(
@@ -137,19 +141,26 @@ def rewrap(
     return rewrap_header(header, file_key, change, randomness=randomness)
 
 
+def _recovery_der(header: Header) -> bytes | None:
+    structure = recovery_structure(_body(header))
+    return None if structure is None else bytes(structure.dump(force=True))
+
+
 def check_rewrap(old: Header, new: Header, *, only: Collection[bytes] | None = None) -> None:
     """Refuse `new` unless it can be a re-wrap of `old` (what the server checks on a swap).
 
-    Same payload parameters and no signer, so the payload still opens under the new header
-    for whoever can unwrap it. With `only` (the key ids of a caller who is a recipient but
-    not the owner), the entries of every other key must stay byte for byte as they were:
-    such a caller can change only their own entries. The MAC cannot be checked without the
-    file key.
+    Same payload parameters, no signer and the same recovery entries, so the payload still
+    opens under the new header for whoever can unwrap it. With `only` (the key ids of a
+    caller who is a recipient but not the owner), the entries of every other key must stay
+    byte for byte as they were: such a caller can change only their own entries. The MAC
+    cannot be checked without the file key.
     """
     if new.payload != old.payload:
         raise HeaderError("the new header changes the payload parameters")
     if old.signer is not None or new.signer is not None:
         raise HeaderError("a signed file cannot be re-wrapped (the signature covers the header)")
+    if _recovery_der(old) != _recovery_der(new):
+        raise HeaderError("a re-wrap keeps the recovery entries as they are")
     if only is None:
         return
     mine = set(only)

@@ -112,6 +112,7 @@ def _include_routers(app: FastAPI) -> None:
         routes_health,
         routes_log,
         routes_policy,
+        routes_recovery,
     )
 
     app.include_router(routes_health.router)
@@ -119,6 +120,7 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(routes_cards.router)
     app.include_router(routes_policy.router)
     app.include_router(routes_log.router)
+    app.include_router(routes_recovery.router)
     for name in _OPTIONAL_ROUTERS:
         if importlib.util.find_spec(name) is not None:
             app.include_router(importlib.import_module(name).router)

@@ -33,7 +33,7 @@ from hsm_vault.trust import (
     officer_signer,
     verify_card,
 )
-from hsm_vault.trust.policy import version_needed
+from hsm_vault.trust.policy import Recovery, version_needed
 
 
 class PolicyRecord(Base):
@@ -243,6 +243,7 @@ def propose(
     add: tuple[str, ...],
     remove: tuple[str, ...],
     require_attestation: bool | None = None,
+    recovery: Recovery | None = None,
 ) -> SignedPolicy:
     """Record the next policy as the open proposal (replacing any); during the bootstrap the
     application key alone adopts it at once. Returns it (adopted or open)."""
@@ -263,6 +264,7 @@ def propose(
         add=tuple(officers),
         remove=remove,
         require_attestation=require_attestation,
+        recovery=recovery,
     )
     if held.body.complete and not body.complete:
         raise UsageError(

@@ -92,10 +92,11 @@ class ProcessLease:
     def hold(self) -> str:
         """Take the lease (once per process) and return this process's instance name."""
         if self._handle is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.folder)
             # Locked under a temporary name, then renamed: a sweeper never sees it unlocked.
             pending = self.folder / f".{self.instance}.new"
-            handle = open(pending, "wb")  # noqa: SIM115 - held open for the process's life
+            fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            handle = os.fdopen(fd, "wb")
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.replace(pending, self.folder / self.instance)
             self._handle = handle

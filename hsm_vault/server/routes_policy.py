@@ -19,6 +19,7 @@ from hsm_vault.server.appkey import ApplicationKey
 from hsm_vault.server.auth import DbDep, OfficerUser
 from hsm_vault.server.problems import Problem, problem_responses
 from hsm_vault.trust import SignedPolicy
+from hsm_vault.trust.policy import Recovery, recovery_from_json
 
 router = APIRouter(
     prefix="/v1/policy", tags=["policy"], responses=problem_responses(401, 403, 404, 409, 422)
@@ -46,6 +47,11 @@ class ProposeIn(BaseModel):
     require_attestation: bool | None = Field(
         None, description="set or clear the key-attestation rule (a version 2 policy)"
     )
+    recovery: dict[str, Any] | None = Field(
+        None,
+        description='set the recovery rule: {"method": "card", "card_id"} or '
+        '{"method": "officer-shares", "officers": [...], "threshold"} (docs/trust.md)',
+    )
 
 
 class SignIn(BaseModel):
@@ -65,6 +71,13 @@ def _out(policy: SignedPolicy, in_force: bool) -> PolicyOut:
         policy=policy.to_text(),
         in_force=in_force,
     )
+
+
+def _recovery_rule(obj: dict[str, Any]) -> Recovery:
+    try:
+        return recovery_from_json(obj)
+    except CardError as exc:
+        raise Problem(422, f"the recovery rule is malformed: {exc.message}") from None
 
 
 def _app_key(request: Request) -> ApplicationKey:
@@ -111,6 +124,7 @@ def propose(body: ProposeIn, officer: OfficerUser, db: DbDep, request: Request) 
         add=tuple(body.add_officers),
         remove=tuple(body.remove_officers),
         require_attestation=body.require_attestation,
+        recovery=None if body.recovery is None else _recovery_rule(body.recovery),
     )
     in_force = policy.signature_by("app") is not None
     db.commit()

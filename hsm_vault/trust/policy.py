@@ -293,15 +293,18 @@ class PolicyBody:
         add: tuple[PolicyOfficer, ...] = (),
         remove: tuple[str, ...] = (),
         require_attestation: bool | None = None,
+        recovery: Recovery | None = None,
     ) -> PolicyBody:
-        """The next policy: serial + 1, this one as previous, officers, approvals and the
-        attestation rule changed, the other rules carried; never an older format version."""
+        """The next policy: serial + 1, this one as previous, officers, approvals, the
+        attestation rule and (when given) the recovery rule changed, the other rules carried;
+        never an older format version."""
         unknown = [u for u in remove if self.officer(u) is None]
         if unknown:
             raise PolicyFormatError(f"{unknown[0]!r} is not an officer of policy {self.serial}")
         kept = [o for o in self.officers if o.username not in remove]
         officers = sorted([*kept, *add], key=lambda o: o.username.encode())
         attest = self.require_attestation if require_attestation is None else require_attestation
+        rule = self.recovery if recovery is None else recovery
         return replace(
             self,
             serial=self.serial + 1,
@@ -310,7 +313,8 @@ class PolicyBody:
             created_at=created_at,
             previous=self.id,
             require_attestation=attest,
-            version=max(self.version, version_needed(attest, self.recovery, self.max_head_age)),
+            recovery=rule,
+            version=max(self.version, version_needed(attest, rule, self.max_head_age)),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The transparency log: entries, signed heads, the log state, and each card's log entries.
 
 Revision ID: log_0001
-Revises: load_0001
+Revises: recovery_0001
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "log_0001"
-down_revision = "load_0001"
+down_revision = "recovery_0001"
 branch_labels = None
 depends_on = None
 

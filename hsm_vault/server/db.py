@@ -148,6 +148,7 @@ class CardRecord(Base):
     #: Card search: one index range per identity, newest approval first.
     __table_args__ = (
         Index("ix_cards_identity_status_decided", "identity", "status", "decided_at"),
+        Index("ix_cards_owner_id_key_id", "owner_id", "key_id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -164,6 +165,9 @@ class CardRecord(Base):
     #: The signed revocation statement (one line), once revoked.
     revocation: Mapped[str | None] = mapped_column(Text, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: The card's key id (lower-case hex SHA-256 of its SPKI), kept so that reads need not
+    #: parse the card; set when it is published.
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

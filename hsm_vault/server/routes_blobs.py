@@ -151,24 +151,18 @@ def key_ids_of_user(db: Session, user: User) -> set[str]:
 
     A superseded card (its holder rotated to a new one) still counts: its key is still the
     holder's, who must be able to re-wrap what was addressed to it (`rewrap --store`).
+    The key id is kept with the card's record when it is published: no card is parsed here.
     """
-    from hsm_vault.cards import Card
-    from hsm_vault.errors import CardError
     from hsm_vault.server.db import CardRecord, CardStatus
 
-    texts = db.scalars(
-        select(CardRecord.text).where(
+    key_ids = db.scalars(
+        select(CardRecord.key_id).where(
             CardRecord.owner_id == user.id,
             CardRecord.status.in_((CardStatus.APPROVED.value, CardStatus.SUPERSEDED.value)),
+            CardRecord.key_id.is_not(None),
         )
     ).all()
-    found = set()
-    for text in texts:
-        try:
-            found.add(Card.from_text(text).key_id.hex())
-        except CardError:
-            continue  # the card routes validated it when it was published
-    return found
+    return {key_id for key_id in key_ids if key_id is not None}
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -96,7 +96,12 @@ class BlobSettings:
 
 
 def configure_blob_store(app: FastAPI, settings: ServerSettings) -> None:
-    """Open the blob store and put it and its settings on `app.state` (at app creation)."""
+    """Open the blob store and put it and its settings on `app.state`.
+
+    Runs at start-up in each serving process (the app's lifespan), and sweeps what processes
+    that died mid-upload left behind; `get_blob_store` opens the store on first use if the
+    lifespan did not run.
+    """
     blob_settings = BlobSettings.from_server_settings(settings)
     store = blob_store_from_url(blob_settings.store, journal_dir=settings.data_dir / "s3-uploads")
     # What processes that died mid-upload left: their .part files, their S3 multipart uploads.

@@ -34,20 +34,16 @@ from hsm_vault.cards.model import Card, CardSignature
 from hsm_vault.cards.revocation import RevocationStatement
 from hsm_vault.config import Config
 from hsm_vault.errors import (
-    AuthenticationFailed,
     CardError,
-    ConflictOnServer,
     HsmVaultError,
     NotFoundOnServer,
     NotLoggedIn,
-    PermissionDenied,
-    RequestRejected,
     ServerError,
     ServerTrustError,
     ServerUnreachable,
-    TooLarge,
     TooManyAttempts,
     UsageError,
+    server_error_for_status,
 )
 from hsm_vault.trust import SignedPolicy, TrustPolicy, VerifiedCard, load_app_key, verify_entry
 
@@ -55,18 +51,6 @@ from hsm_vault.trust import SignedPolicy, TrustPolicy, VerifiedCard, load_app_ke
 DEFAULT_TIMEOUT = (5.0, 30.0)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ALLOW_HTTP_ENV = "HSM_VAULT_ALLOW_HTTP"
-_STATUS_ERRORS: dict[int, type[ServerError]] = {
-    400: RequestRejected,
-    401: AuthenticationFailed,
-    403: PermissionDenied,
-    404: NotFoundOnServer,
-    409: ConflictOnServer,
-    412: ConflictOnServer,
-    413: TooLarge,
-    422: RequestRejected,
-}
-
-
 # --- what the API returns ------------------------------------------------------------------------
 
 
@@ -185,15 +169,15 @@ def error_for(response: requests.Response) -> ServerError:
     """The hsm-vault exception for an error response, with the server's message."""
     status = response.status_code
     message = _problem_message(response)
-    cls = _STATUS_ERRORS.get(status)
-    if cls is not None:
-        return cls(message)
-    if status == 429:
+    cls = server_error_for_status(status)
+    if cls is TooManyAttempts:
         wait = response.headers.get("Retry-After")
         return TooManyAttempts(
             message,
             hint=f"Too many failed attempts; wait {wait or 'a while'} seconds and try again.",
         )
+    if cls is not None:
+        return cls(message)
     if status >= 500:
         return ServerError(f"the server failed: {message}")
     return ServerError(message)

@@ -61,9 +61,9 @@ from hsm_vault.envelope.stream import (
     write_all,
 )
 from hsm_vault.errors import (
-    CardVerificationError,
     EnvelopeError,
     HeaderError,
+    InvalidSignature,
     NoMatchingRecipient,
     PayloadError,
     SignatureError,
@@ -380,7 +380,7 @@ def _open(
                 _signature_message(hasher.digest()),
                 _decode_trailer(reference, trailer),
             )
-        except CardVerificationError:
+        except InvalidSignature:
             raise SignatureError("the file's signature does not verify") from None
         signer = verifier
     return DecryptResult(header, size, key_id, signer)

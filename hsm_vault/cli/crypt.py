@@ -158,7 +158,7 @@ def policy_recovery(no_recovery: bool) -> RecoveryPlan | None:
 def _holder_cards(card_ids: list[str], trust: Any) -> list[Card]:
     """The recovery holders' cards, verified under `trust`; fetched when the keyring lacks
     them, and refused when revoked."""
-    from hsm_vault.cards import Keyring
+    from hsm_vault.cards import Keyring, KeyringStatus, Origin
     from hsm_vault.errors import CardRevoked
     from hsm_vault.trust import verify_card
 
@@ -171,7 +171,7 @@ def _holder_cards(card_ids: list[str], trust: Any) -> list[Card]:
         except CardNotFound:
             missing.append(card_id)
             continue
-        if entry.status == "revoked":
+        if entry.status is KeyringStatus.REVOKED:
             raise CardRevoked(f"recovery card {card_id[:16]} is revoked: tell your officers")
         verify_card(entry.card, trust)
         cards.append(entry.card)
@@ -183,7 +183,7 @@ def _holder_cards(card_ids: list[str], trust: Any) -> list[Card]:
                 verified = client.fetch_card(card_id, trust)
                 if verified.revoked:
                     raise CardRevoked(f"recovery card {card_id[:16]} is revoked")
-                keyring.add(verified.card, origin="imported")
+                keyring.add(verified.card, origin=Origin.IMPORTED)
     by_id = {c.id: c for c in cards}
     for card_id in missing:
         by_id[card_id] = keyring.get(card_id).card
@@ -199,21 +199,21 @@ def resolve_verifier(ref: str) -> Verifier:
 
 def _own_card_for(spki_der: bytes) -> Card:
     """The signing key's card: a valid card for that key, preferring own and newest."""
-    from hsm_vault.cards import Keyring
+    from hsm_vault.cards import Keyring, KeyringStatus, Origin
     from hsm_vault.envelope import key_id_of
 
     key_id = key_id_of(spki_der)
     found = [
         entry
         for entry in Keyring().entries()
-        if entry.card.key_id == key_id and entry.status == "valid"
+        if entry.card.key_id == key_id and entry.status is KeyringStatus.VALID
     ]
     if not found:
         raise CardNotFound(
             "no valid card in the keyring for the signing key",
             hint="Create one with 'hsm-vault card create' for that key.",
         )
-    best = max(found, key=lambda e: (e.origin == "own", e.card.created_at))
+    best = max(found, key=lambda e: (e.origin is Origin.OWN, e.card.created_at))
     return best.card
 
 
@@ -599,7 +599,7 @@ def _no_recipient(
 ) -> NoMatchingRecipient:
     """Say who the file is for (by identity where the keyring knows the key), and which
     token holds one of those keys when it is not the token that was opened."""
-    from hsm_vault.cards import Keyring
+    from hsm_vault.cards import Keyring, Origin
     from hsm_vault.token.uri import parse_uri
 
     if not wanted:
@@ -609,7 +609,7 @@ def _no_recipient(
     for entry in Keyring().entries():
         if entry.card.key_id in wanted:
             names.setdefault(entry.card.key_id, entry.card.identity)
-            if entry.origin == "own" and entry.key_uri:
+            if entry.origin is Origin.OWN and entry.key_uri:
                 label = parse_uri(entry.key_uri).token
                 if label and label != token:
                     elsewhere.add(label)
@@ -632,12 +632,12 @@ def _own_token_for(wanted: set[bytes]) -> str | None:
     Only a hint for machines with several tokens: None (let the token layer choose, or ask)
     unless exactly one token fits. Needs no PIN: the keyring knows where its own keys are.
     """
-    from hsm_vault.cards import Keyring
+    from hsm_vault.cards import Keyring, Origin
     from hsm_vault.token.uri import parse_uri
 
     tokens = set()
     for entry in Keyring().entries():
-        if entry.origin == "own" and entry.key_uri and entry.card.key_id in wanted:
+        if entry.origin is Origin.OWN and entry.key_uri and entry.card.key_id in wanted:
             uri = parse_uri(entry.key_uri)
             if uri.token:
                 tokens.add(uri.token)

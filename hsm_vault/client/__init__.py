@@ -32,6 +32,7 @@ from hsm_vault.algorithms import SignatureAlgorithm, load_spki, spki_fingerprint
 from hsm_vault.cards.keyring import Keyring, KeyringEntry
 from hsm_vault.cards.model import Card, CardSignature
 from hsm_vault.cards.revocation import RevocationStatement
+from hsm_vault.cards.status import CardStatus, Origin
 from hsm_vault.config import Config
 from hsm_vault.errors import (
     CardError,
@@ -88,7 +89,7 @@ class CardEntry:
     id: str
     identity: str
     owner: str
-    status: str
+    status: CardStatus
     card_text: str
     previous_id: str | None
     superseded_by: str | None
@@ -108,7 +109,7 @@ class CardEntry:
                 id=str(obj["id"]),
                 identity=str(obj["identity"]),
                 owner=str(obj["owner"]),
-                status=str(obj["status"]),
+                status=CardStatus(str(obj["status"])),
                 card_text=str(obj["card"]),
                 previous_id=obj.get("previous_id"),
                 superseded_by=obj.get("superseded_by"),
@@ -120,6 +121,11 @@ class CardEntry:
             )
         except KeyError as exc:
             raise ServerError(f"the server sent a card record without {exc.args[0]}") from None
+        except ValueError:
+            status = str(obj["status"])[:20]
+            raise ServerError(
+                f"the server sent a card record of unknown status {status!r}"
+            ) from None
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -566,7 +572,7 @@ def fetch_cards_into_keyring(
     Nothing is stored if any card in the answer fails verification (ServerTrustError).
     """
     found = client.find_cards(identity, policy)
-    entries = [keyring.add(v.card, origin="imported") for v in found]
+    entries = [keyring.add(v.card, origin=Origin.IMPORTED) for v in found]
     listed = {v.card.id for v in found}
     for entry in keyring.find(identity):
         if entry.card.id in listed or entry.revocation is not None:

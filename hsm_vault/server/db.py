@@ -33,6 +33,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+# The directory's card states, shared with the client (re-exported: routes import it from here).
+from hsm_vault.cards.status import CardStatus as CardStatus
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -72,14 +75,6 @@ class Role(StrEnum):
 
     def includes(self, other: Role) -> bool:
         return self.rank >= other.rank
-
-
-class CardStatus(StrEnum):
-    PENDING = "pending"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-    SUPERSEDED = "superseded"
-    REVOKED = "revoked"
 
 
 class Base(DeclarativeBase):

@@ -650,6 +650,7 @@ def inspect(
 ) -> None:
     """Show a file's recipients, sizes and signer, without a token and without decrypting."""
     from hsm_vault.cards import Keyring
+    from hsm_vault.envelope.format import ECRecipientEntry, RecipientEntry
     from hsm_vault.vault import inspect_file
 
     header, plaintext_size = inspect_file(file)
@@ -660,12 +661,12 @@ def inspect(
             known[entry.card.key_id] = entry.card.identity
             cards[entry.card.id] = entry.card.identity
 
-    def describe(entry: Any) -> dict[str, Any]:
+    def describe(entry: RecipientEntry) -> dict[str, Any]:
         return {
             "key_id": entry.key_id.hex(),
             "key_type": entry.key_type.value,
             "wrap": "ecdh-x963kdf-sha256-aes256-wrap"
-            if entry.ephemeral_point is not None
+            if isinstance(entry, ECRecipientEntry)
             else f"rsa-oaep-{entry.oaep_hash}",
             "identity": known.get(entry.key_id),
         }

@@ -10,11 +10,12 @@ import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography import exceptions as cryptography_exceptions
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from hsm_vault.errors import CardFormatError, CardVerificationError
+from hsm_vault.errors import InvalidSignature, KeyFormatError
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,11 @@ class KeyType(StrEnum):
 
     @classmethod
     def from_curve_name(cls, name: str) -> KeyType:
-        """The EC key type of a curve name; raises `CardFormatError` for other curves."""
+        """The EC key type of a curve name; raises `KeyFormatError` for other curves."""
         for value, curve in _EC_CURVES.items():
             if curve.name == name:
                 return cls(value)
-        raise CardFormatError(f"unsupported EC curve {name}")
+        raise KeyFormatError(f"unsupported EC curve {name}")
 
 
 _EC_CURVES: dict[str, Curve] = {"ec-p256": P256, "ec-p384": P384}
@@ -125,7 +126,7 @@ def hash_algorithm(name: str) -> hashes.HashAlgorithm:
     try:
         return _HASHES[name]()
     except KeyError:
-        raise CardFormatError(f"unknown hash algorithm {name!r}") from None
+        raise KeyFormatError(f"unknown hash algorithm {name!r}") from None
 
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -136,9 +137,9 @@ def load_spki(spki_der: bytes) -> PublicKey:
     try:
         key = serialization.load_der_public_key(spki_der)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CardFormatError("the public key is not a valid SubjectPublicKeyInfo") from exc
+        raise KeyFormatError("the public key is not a valid SubjectPublicKeyInfo") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-        raise CardFormatError("the public key is neither EC nor RSA")
+        raise KeyFormatError("the public key is neither EC nor RSA")
     return key
 
 
@@ -149,7 +150,7 @@ def key_type_of(public_key: PublicKey) -> KeyType:
     try:
         return KeyType(f"rsa-{public_key.key_size}")
     except ValueError:
-        raise CardFormatError(f"unsupported RSA key size {public_key.key_size}") from None
+        raise KeyFormatError(f"unsupported RSA key size {public_key.key_size}") from None
 
 
 # RSA-OAEP hashes a card may state and an envelope entry may use (MGF1 of the same hash).
@@ -169,11 +170,14 @@ def spki_fingerprint(spki_der: bytes) -> str:
 def verify_signature(
     spki_der: bytes, algorithm: SignatureAlgorithm, message: bytes, signature: bytes
 ) -> None:
-    """Verify `signature` over `message`; raise `CardVerificationError` if it does not verify."""
+    """Verify `signature` over `message`; raise `InvalidSignature` if it does not verify.
+
+    A public key that cannot be used raises `KeyFormatError`.
+    """
     key = load_spki(spki_der)
     expected = key_type_of(key).signature_algorithm
     if algorithm != expected:
-        raise CardVerificationError(f"signature algorithm {algorithm} does not fit the key")
+        raise InvalidSignature(f"signature algorithm {algorithm} does not fit the key")
     chosen = hash_algorithm(algorithm.hash_name)
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
@@ -185,5 +189,5 @@ def verify_signature(
                 padding.PSS(mgf=padding.MGF1(chosen), salt_length=chosen.digest_size),
                 chosen,
             )
-    except InvalidSignature:
-        raise CardVerificationError("signature does not verify") from None
+    except cryptography_exceptions.InvalidSignature:
+        raise InvalidSignature("signature does not verify") from None

@@ -7,9 +7,15 @@ went wrong and a `hint` that says what to do next. The CLI alone turns these int
 library, with `raise ... from`.
 
 Messages never contain a PIN, a key or plaintext.
+
+`http_status` is the one table between errors and HTTP: the server answers an error raised
+while handling a request with its class's status, and the client turns an error status back
+into the `ServerError` class that claims it (`server_error_for_status`).
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 
 class HsmVaultError(Exception):
@@ -17,6 +23,8 @@ class HsmVaultError(Exception):
 
     hint: str = ""
     exit_code: int = 1
+    #: The status a server answers with when this is raised while handling a request.
+    http_status: int = 500
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -32,6 +40,7 @@ class UsageError(HsmVaultError):
     """The command was given something it cannot use."""
 
     exit_code = 2
+    http_status = 422
     hint = "Run the command with --help to see what it takes."
 
 
@@ -43,11 +52,35 @@ class FileExistsRefused(HsmVaultError):
     hint = "Choose another output path, or pass --force to replace it."
 
 
+# --- cryptographic checks (algorithms.py) -----------------------------------------------------
+
+
+class CryptoError(HsmVaultError):
+    """A public key or a signature that fails a cryptographic check, whatever it belongs to.
+
+    The layers that know what the key or signature is (a card, a policy, a file) report it
+    as their own error.
+    """
+
+    http_status = 422
+    hint = "Do not use this key or signature; ask whoever sent it to check it."
+
+
+class InvalidSignature(CryptoError):
+    """A signature that does not verify, or whose algorithm does not fit the key."""
+
+
+class KeyFormatError(CryptoError):
+    """A public key that is malformed, or of a curve, size or hash hsm-vault does not use."""
+
+
 # --- token layer -------------------------------------------------------------------------------
 
 
 class TokenLayerError(HsmVaultError):
     """Anything that went wrong talking to a PKCS#11 module or token."""
+
+    http_status = 503
 
     hint = "Run 'hsm-vault token list' to see the tokens the module offers."
 
@@ -142,6 +175,7 @@ class AttestationError(TokenLayerError):
 
 
 class CardError(HsmVaultError):
+    http_status = 422
     hint = "Ask the card's owner to export it again, and compare its fingerprint out of band."
 
 
@@ -154,6 +188,7 @@ class CardVerificationError(CardError):
 
 
 class CardNotFound(CardError):
+    http_status = 404
     hint = "Run 'hsm-vault card list' to see the cards in the keyring, or 'card find' to fetch."
 
 
@@ -232,32 +267,54 @@ class NotLoggedIn(ServerError):
 
 
 class AuthenticationFailed(ServerError):
+    http_status = 401
     hint = "Log in again with 'hsm-vault login'; ask an officer for a new enrolment code."
 
 
 class TooManyAttempts(AuthenticationFailed):
     """429: too many failed authentications from this address or for this user."""
 
+    http_status = 429
+
     hint = "Too many failed attempts; wait a while and try again."
 
 
 class PermissionDenied(ServerError):
+    http_status = 403
     hint = "Ask an officer or admin to do this, or to grant you the role."
 
 
 class NotFoundOnServer(ServerError):
+    http_status = 404
     hint = "Check the name or id; list what is there first."
 
 
 class ConflictOnServer(ServerError):
+    http_status = 409
     hint = "The request conflicts with what the server holds; refresh and try again."
 
 
+class PreconditionFailed(ConflictOnServer):
+    """412: what the request was based on (an ETag) changed on the server meanwhile."""
+
+    http_status = 412
+
+
 class RequestRejected(ServerError):
+    """422: the server could not use what it was sent (its message says why)."""
+
+    http_status = 422
     hint = "The server rejected the request; its message says why."
 
 
+class BadRequest(RequestRejected):
+    """400: a request the server could not read."""
+
+    http_status = 400
+
+
 class TooLarge(ServerError):
+    http_status = 413
     hint = "The upload is over the server's size limit or your quota; delete old blobs first."
 
 
@@ -308,3 +365,22 @@ class LogWithheld(LogError):
 
 class LogStale(LogError):
     """The server's signed tree head is older than the maximum age this client accepts."""
+
+
+@cache
+def _server_errors_by_status() -> dict[int, type[ServerError]]:
+    found: dict[int, type[ServerError]] = {}
+    pending: list[type[ServerError]] = [ServerError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.http_status < 500:
+            if cls.http_status in found:
+                raise AssertionError(f"two errors claim HTTP {cls.http_status}")
+            found[cls.http_status] = cls
+    return found
+
+
+def server_error_for_status(status: int) -> type[ServerError] | None:
+    """The `ServerError` class whose `http_status` is `status` (None if no class claims it)."""
+    return _server_errors_by_status().get(status)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
+from hsm_vault.cards.status import KeyringStatus
 from hsm_vault.envelope import Header, Identity, Recipient, decrypt, read_header
 from hsm_vault.envelope.cms_export import CMSKind, CMSWriter
 from hsm_vault.envelope.stream import Progress
@@ -47,7 +48,7 @@ def recipients_of(header: Header, entries: Iterable[KeyringEntry]) -> list[Recip
     by_key: dict[bytes, KeyringEntry] = {}
     for entry in entries:
         card = entry.card
-        if card.key_id not in by_key or entry.status == "valid":
+        if card.key_id not in by_key or entry.status is KeyringStatus.VALID:
             by_key[card.key_id] = entry
     chosen = []
     for item in header.recipients:
@@ -58,7 +59,7 @@ def recipients_of(header: Header, entries: Iterable[KeyringEntry]) -> list[Recip
                 hint="Import that card, or choose the recipients with --to.",
             )
         card = found.card
-        if found.status == "revoked":
+        if found.status is KeyringStatus.REVOKED:
             raise CardRevoked(
                 f"recipient {card.identity} (card {card.id[:16]}) is revoked",
                 hint="Choose the recipients with --to.",

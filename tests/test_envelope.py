@@ -9,12 +9,12 @@ import os
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from vectors.software_identity import SoftwareIdentity
 
 from hsm_vault.algorithms import SignatureAlgorithm
 from hsm_vault.envelope import (
     Recipient,
     SignerReference,
-    SoftwareIdentity,
     Verifier,
     decrypt,
     encrypt,
@@ -254,3 +254,29 @@ def test_plaintext_size_is_the_inverse_of_payload_size_and_refuses_the_rest() ->
         else:  # truncated or extended: no file has this payload size
             with pytest.raises(PayloadError):
                 plaintext_size(payload, chunk)
+
+
+def test_the_public_api_has_no_test_seams() -> None:
+    import inspect
+
+    import hsm_vault.envelope
+
+    # Fixed randomness is for the vector generators only, through a private function.
+    assert "randomness" not in inspect.signature(encrypt).parameters
+    # A private key in memory ships with the tests, not with the package.
+    assert not hasattr(hsm_vault.envelope, "SoftwareIdentity")
+
+
+def test_each_kind_of_recipient_entry_is_its_own_type(identities: dict) -> None:
+    from hsm_vault.envelope.format import ECRecipientEntry, RSARecipientEntry
+
+    sealed = io.BytesIO()
+    people = [identities["p256"], identities["rsa2048"]]
+    encrypt(io.BytesIO(b"x"), sealed, [i.recipient() for i in people])
+    ec_entry, rsa_entry = read_header(io.BytesIO(sealed.getvalue())).recipients
+    assert isinstance(ec_entry, ECRecipientEntry)
+    assert len(ec_entry.ephemeral_point) == 65
+    assert not hasattr(ec_entry, "oaep_hash")
+    assert isinstance(rsa_entry, RSARecipientEntry)
+    assert rsa_entry.oaep_hash == "sha1"
+    assert not hasattr(rsa_entry, "ephemeral_point")

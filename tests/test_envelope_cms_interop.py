@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
+from vectors.software_identity import SoftwareIdentity
 
-from hsm_vault.envelope import Randomness, SoftwareIdentity
+from hsm_vault.envelope import Randomness
 from hsm_vault.envelope.recipients import wrap_file_key
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")

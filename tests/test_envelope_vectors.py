@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from vectors.software_identity import SoftwareIdentity
 
-from hsm_vault.envelope import SoftwareIdentity, Verifier, decrypt
+from hsm_vault.envelope import Verifier, decrypt
 from hsm_vault.envelope import envelope as envelope_module
 from hsm_vault.errors import HeaderError, NoMatchingRecipient, PayloadError, SignatureError
 

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from vectors.software_identity import SoftwareIdentity
 
-from hsm_vault.envelope import SoftwareIdentity, read_header
+from hsm_vault.envelope import read_header
 from hsm_vault.envelope.recovery import combine_shares, split_file_key
 from hsm_vault.errors import EnvelopeError, RecoveryError, RecoveryFormatError
 from hsm_vault.trust.recovery import RecoveryRequest, RecoveryShare

@@ -7,8 +7,9 @@ import os
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from vectors.software_identity import SoftwareIdentity
 
-from hsm_vault.envelope import SoftwareIdentity, decrypt, encrypt, read_header
+from hsm_vault.envelope import decrypt, encrypt, read_header
 from hsm_vault.envelope.format import recipient_infos
 from hsm_vault.envelope.rewrap import RecipientChange, check_rewrap, rewrap
 from hsm_vault.errors import EnvelopeError, HeaderError, NoMatchingRecipient

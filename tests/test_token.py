@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from hsm_vault.algorithms import KeyType, verify_signature
 from hsm_vault.errors import (
     AmbiguousKey,
-    CardVerificationError,
     DuplicateLabel,
+    InvalidSignature,
     KeyNotFound,
     ModuleNotFound,
     PinIncorrect,
@@ -45,7 +45,7 @@ def test_every_key_type_is_generated_protected_used_and_deleted(softhsm, key_typ
         message = b"a card snapshot, say"
         signature = ts.sign(key, message)
         verify_signature(key.spki_der, key_type.signature_algorithm, message, signature)
-        with pytest.raises(CardVerificationError):
+        with pytest.raises(InvalidSignature):
             verify_signature(key.spki_der, key_type.signature_algorithm, b"other", signature)
 
         public = serialization.load_der_public_key(key.spki_der)

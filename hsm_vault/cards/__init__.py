@@ -47,6 +47,7 @@ from hsm_vault.cards.model import (
     short_form,
 )
 from hsm_vault.cards.revocation import RevocationStatement
+from hsm_vault.cards.status import CardStatus, KeyringStatus, Origin
 
 __all__ = [
     "CARD_VERSION",
@@ -56,10 +57,13 @@ __all__ = [
     "CardAttestation",
     "CardSignature",
     "CardSnapshot",
+    "CardStatus",
     "IdentityType",
     "Keyring",
     "KeyringEntry",
     "KeyringProblem",
+    "KeyringStatus",
+    "Origin",
     "RevocationReason",
     "RevocationStatement",
     "Scope",

@@ -30,7 +30,7 @@ from hsm_vault.cards.model import (
     now_utc,
 )
 from hsm_vault.cards.revocation import RevocationStatement
-from hsm_vault.errors import CardVerificationError, KeyPolicyError, UsageError
+from hsm_vault.errors import CardVerificationError, InvalidSignature, KeyPolicyError, UsageError
 
 Signer = Callable[[bytes], bytes]
 
@@ -95,7 +95,7 @@ def sign_card(
     # A token that returns garbage must not produce a card that fails later, far from here.
     try:
         verify_signature(spki_der, algorithm, message, signature)
-    except CardVerificationError:
+    except InvalidSignature:
         raise CardVerificationError(
             f"the {signer!r} signature just made does not verify (token fault?)"
         ) from None
@@ -250,7 +250,10 @@ def make_revocation(
     reason = RevocationReason(reason)
     message = RevocationStatement.signing_message(card_id, reason, created_at, signer)
     signature = sign(message)
-    verify_signature(spki_der, algorithm, message, signature)
+    try:
+        verify_signature(spki_der, algorithm, message, signature)
+    except InvalidSignature as exc:
+        raise CardVerificationError(exc.message) from None
     return RevocationStatement(
         card_id=card_id,
         reason=reason,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from hsm_vault import config
 from hsm_vault.cards.model import Card, now_utc
 from hsm_vault.cards.revocation import RevocationStatement
+from hsm_vault.cards.status import KeyringStatus, Origin
 from hsm_vault.errors import (
     AmbiguousCard,
     CardError,
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from hsm_vault.trust.cards import TrustPolicy
 
 ENTRY_VERSION = 1
-ORIGINS = ("own", "imported")
 _ID_PREFIX = re.compile(r"[0-9a-fA-F]{4,64}")
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.json")
 _REV_NAME = re.compile(r"[0-9a-f]{64}\.txt")
@@ -61,7 +61,7 @@ class KeyringEntry:
     """A card in the keyring, with what the keyring knows about it."""
 
     card: Card
-    origin: str  # "own" (made here, key on a token) or "imported"
+    origin: Origin
     added_at: str
     key_uri: str | None
     path: Path
@@ -69,13 +69,13 @@ class KeyringEntry:
     superseded_by: str | None = None
 
     @property
-    def status(self) -> str:
-        """ "revoked", "superseded" (a verified newer card replaces it) or "valid"."""
+    def status(self) -> KeyringStatus:
+        """Revoked, superseded (a verified newer card replaces it) or valid."""
         if self.revocation is not None:
-            return "revoked"
+            return KeyringStatus.REVOKED
         if self.superseded_by is not None:
-            return "superseded"
-        return "valid"
+            return KeyringStatus.SUPERSEDED
+        return KeyringStatus.VALID
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,12 @@ class KeyringProblem:
     message: str
 
 
-def _entry_body(card: Card, origin: str, added_at: str, key_uri: str | None) -> bytes:
+def _entry_body(card: Card, origin: Origin, added_at: str, key_uri: str | None) -> bytes:
     body = {
         "added_at": added_at,
         "card": card.to_text(),
         "key_uri": key_uri,
-        "origin": origin,
+        "origin": origin.value,
         "version": ENTRY_VERSION,
     }
     return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
@@ -120,7 +120,7 @@ class Keyring:
         if not isinstance(raw, dict) or raw.get("version") != ENTRY_VERSION:
             raise KeyringError(f"{path.name} is not a version {ENTRY_VERSION} keyring entry")
         origin, added_at, key_uri = raw.get("origin"), raw.get("added_at"), raw.get("key_uri")
-        if origin not in ORIGINS or not isinstance(added_at, str):
+        if origin not in tuple(Origin) or not isinstance(added_at, str):
             raise KeyringError(f"{path.name} has a bad origin or added_at field")
         if key_uri is not None and not isinstance(key_uri, str):
             raise KeyringError(f"{path.name} has a bad key_uri field")
@@ -131,7 +131,7 @@ class Keyring:
             raise KeyringError(f"{path.name} holds a bad card: {exc}") from None
         if f"{card.id}.json" != path.name:
             raise KeyringError(f"{path.name} holds card {card.id}, not the one its name says")
-        return KeyringEntry(card, origin, added_at, key_uri, path)
+        return KeyringEntry(card, Origin(origin), added_at, key_uri, path)
 
     def _load_revocation(self, path: Path) -> RevocationStatement:
         try:
@@ -238,7 +238,7 @@ class Keyring:
             except CardNotFound:
                 entry = None  # a hex-looking identity such as "cafe"
             if entry is not None:
-                if entry.status == "revoked" and not allow_revoked:
+                if entry.status is KeyringStatus.REVOKED and not allow_revoked:
                     raise CardRevoked(
                         f"card {entry.card.id[:16]} ({entry.card.identity}) is revoked"
                     )
@@ -246,14 +246,14 @@ class Keyring:
         found = self.find(ref)
         if not found:
             raise CardNotFound(f"no card in the keyring for {ref!r}")
-        valid = [e for e in found if e.status == "valid"]
+        valid = [e for e in found if e.status is KeyringStatus.VALID]
         if len(valid) == 1:
             return valid[0]
         if len(valid) > 1:
             ids = ", ".join(e.card.id[:16] for e in valid)
             raise AmbiguousCard(f"{ref!r} has {len(valid)} valid cards ({ids}): choose one by id")
-        if any(e.status == "revoked" for e in found) and not any(
-            e.status == "superseded" for e in found
+        if any(e.status is KeyringStatus.REVOKED for e in found) and not any(
+            e.status is KeyringStatus.SUPERSEDED for e in found
         ):
             raise CardRevoked(f"every card for {ref!r} is revoked")
         raise CardNotFound(f"no current card for {ref!r} (the cards found are superseded)")
@@ -267,7 +267,7 @@ class Keyring:
     # -- writing -------------------------------------------------------------------------------
 
     def add(
-        self, card: Card, *, origin: str = "imported", key_uri: str | None = None
+        self, card: Card, *, origin: Origin = Origin.IMPORTED, key_uri: str | None = None
     ) -> KeyringEntry:
         """Store `card` (its self signature is checked; callers verify their policy first).
 
@@ -275,8 +275,9 @@ class Keyring:
         "own" over "imported". A card that names a previous card in the keyring must carry a
         valid rotation signature.
         """
-        if origin not in ORIGINS:
-            raise UsageError(f"origin must be one of {', '.join(ORIGINS)}")
+        if origin not in tuple(Origin):
+            raise UsageError(f"origin must be one of {', '.join(Origin)}")
+        origin = Origin(origin)
         _verify_stored(card)
         path = self.root / f"{card.id}.json"
         added_at = now_utc()
@@ -293,8 +294,8 @@ class Keyring:
                 for sig in existing.card.signatures:
                     if card.signature_by(sig.signer) is None:
                         card = card.with_signature(sig)
-                if existing.origin == "own":
-                    origin = "own"
+                if existing.origin is Origin.OWN:
+                    origin = Origin.OWN
                 key_uri = key_uri or existing.key_uri
                 added_at = existing.added_at
         config.write_private_file(path, _entry_body(card, origin, added_at, key_uri))

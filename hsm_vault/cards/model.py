@@ -34,7 +34,7 @@ from hsm_vault.cards.canonical import (
     hex_digest_field,
     parse_canonical_json,
 )
-from hsm_vault.errors import CardFormatError, CardVerificationError
+from hsm_vault.errors import CardFormatError, CardVerificationError, KeyFormatError
 
 CARD_VERSION = 1
 CARD_TEXT_PREFIX = "hsmv-card-"
@@ -167,13 +167,23 @@ def check_identity(identity: str, identity_type: IdentityType) -> str:
 
 
 def _load_public_key(spki_der: bytes) -> Any:
-    """`load_spki`, also turning cryptography's UnsupportedAlgorithm into a format error."""
+    """`load_spki`, its failures (and cryptography's UnsupportedAlgorithm) as format errors."""
     from cryptography.exceptions import UnsupportedAlgorithm
 
     try:
         return load_spki(spki_der)
     except UnsupportedAlgorithm:
         raise CardFormatError("the public key is of an unknown algorithm") from None
+    except KeyFormatError as exc:
+        raise CardFormatError(exc.message) from None
+
+
+def _key_type_of(public_key: Any) -> KeyType:
+    """`key_type_of`, a curve or size hsm-vault does not use as a card format error."""
+    try:
+        return key_type_of(public_key)
+    except KeyFormatError as exc:
+        raise CardFormatError(exc.message) from None
 
 
 def short_form(hex_digest: str, groups: int = 6) -> str:
@@ -396,10 +406,10 @@ class CardSnapshot:
             raise CardFormatError("the public key is not in canonical DER form")
         key_type = _enum(KeyType, self.key_type, "key algorithm")
         object.__setattr__(self, "key_type", key_type)
-        if key_type_of(public_key) != key_type:
+        actual = _key_type_of(public_key)
+        if actual != key_type:
             raise CardFormatError(
-                f"the key algorithm {key_type} does not match the public key "
-                f"({key_type_of(public_key)})"
+                f"the key algorithm {key_type} does not match the public key ({actual})"
             )
         method = _enum(WrapMethod, self.wrap_method, "wrap method")
         object.__setattr__(self, "wrap_method", method)

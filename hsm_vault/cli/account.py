@@ -7,7 +7,6 @@ a server (or anything between) that swaps keys is caught by the client.
 from __future__ import annotations
 
 import base64
-import hmac
 import os
 import sys
 from pathlib import Path
@@ -26,11 +25,6 @@ from hsm_vault.errors import (
 )
 
 CODE_ENV = "HSM_VAULT_ENROLMENT_CODE"
-
-
-def normalise_fingerprint(text: str) -> str:
-    """Lower-case hex without separators (colons, spaces) as people copy fingerprints."""
-    return "".join(ch for ch in text.lower() if ch not in ": \t\n-")
 
 
 def _read_code(code_file: Path | None) -> str:
@@ -100,6 +94,7 @@ def login(
     --yes) and without --app-fingerprint, login refuses unless --trust-on-first-use.
     """
     from hsm_vault.client import VaultClient, normalise_server_url
+    from hsm_vault.trust.anchors import AppKeyCheck, check_app_key
 
     config = Config.load()
     url = normalise_server_url(server)
@@ -115,31 +110,9 @@ def login(
     with VaultClient(url, ca_bundle=ca) as client:
         app = client.app_key()
         fingerprint = app.fingerprint
-        if app_fingerprint is not None:
-            given = normalise_fingerprint(app_fingerprint)
-            if len(given) != len(fingerprint) or any(c not in "0123456789abcdef" for c in given):
-                raise UsageError(
-                    "--app-fingerprint needs the full fingerprint: 64 hex digits",
-                    hint="Give the full 64-hex fingerprint your officer gave you (colons and "
-                    "spaces are fine); a prefix is not enough.",
-                )
-            if not hmac.compare_digest(given, fingerprint):
-                raise ServerTrustError(
-                    f"the server's application key fingerprint is {fingerprint}, "
-                    "not the one you were given"
-                )
-        elif (
-            config.server_url == url
-            and config.app_fingerprint
-            and config.app_fingerprint != fingerprint
-        ):
-            raise ServerTrustError(
-                f"the server's application key changed: pinned {config.app_fingerprint}, "
-                f"now {fingerprint}",
-                hint="Ask your security officer; if the change is expected, log in with "
-                "--app-fingerprint NEW.",
-            )
-        elif not (config.server_url == url and config.app_fingerprint == fingerprint):
+        pinned = config.app_fingerprint if config.server_url == url else None
+        check = check_app_key(fingerprint, given=app_fingerprint, pinned=pinned)
+        if check is AppKeyCheck.UNCHECKED:
             err_console.print(f"application key fingerprint: {fingerprint}", markup=False)
             err_console.print(
                 "Check it against the fingerprint your security officer gave you out of band "

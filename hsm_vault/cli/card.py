@@ -18,6 +18,7 @@ from hsm_vault.cards import (
     Card,
     IdentityType,
     Keyring,
+    Origin,
     RevocationReason,
     RevocationStatement,
     Scope,
@@ -249,7 +250,7 @@ def create(
             attest=not no_attestation,
             attestation_roots=roots,
         )
-    entry = keyring.add(card, origin="own", key_uri=token_key.uri)
+    entry = keyring.add(card, origin=Origin.OWN, key_uri=token_key.uri)
     if json_out:
         print_json({**entry_summary(entry), "card": card.to_text()})
         return
@@ -300,7 +301,7 @@ def import_card(
         except CardError:
             previous = None  # not at hand: the rotation signature is checked when it is
     verify_card(card, policy, previous=previous)
-    entry = keyring.add(card, origin="imported")
+    entry = keyring.add(card, origin=Origin.IMPORTED)
     if json_out:
         print_json({**card_summary(entry.card, policy), "status": entry.status})
         return

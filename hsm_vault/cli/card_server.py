@@ -19,7 +19,9 @@ from hsm_vault.cards import (
     PREVIOUS,
     SELF,
     Card,
+    CardStatus,
     Keyring,
+    Origin,
     RevocationReason,
     RevocationStatement,
     revoke_card,
@@ -98,17 +100,17 @@ def publish(
                 hint="Make a card for the identity your account may publish ('hsm-vault "
                 "whoami' shows it): hsm-vault card create IDENTITY --key KEY, then publish it.",
             ) from None
-        if entry.status == "approved":
+        if entry.status is CardStatus.APPROVED:
             # Auto-approved: keep the app signature, once it verifies under the pinned policy.
             verified = verify_entry(
                 entry, anchors.card_policy(), expect_id=card.id, log=anchors.log
             )
-            keyring.add(verified.card, origin="own")
+            keyring.add(verified.card, origin=Origin.OWN)
     if json_out:
         print_json(_entry_json(entry))
         return
     console.print(f"published card {entry.id} for {entry.identity}: {entry.status}")
-    if entry.status == "pending":
+    if entry.status is CardStatus.PENDING:
         console.print("An officer approves it with: hsm-vault card approve " + entry.id[:16])
 
 
@@ -269,7 +271,7 @@ def approve(
     with client:
         entry = client.get_card(_resolve_pending(client, card_id))
         card = parse_stated(entry, expect_id=entry.id)
-        if entry.status == "approved":
+        if entry.status is CardStatus.APPROVED:
             raise UsageError(f"card {entry.id} is approved already")
         verify_card(card, TrustPolicy.self_only(attestation_roots()))
         pending_entry = next((e for e in client.pending_cards() if e.id == entry.id), None)
@@ -289,13 +291,13 @@ def approve(
                     ts, ts.find_key(key_ref), card, officer_signer(username), own
                 )
         entry = client.approve_card(entry.id, signature)
-        if entry.status == "approved":
+        if entry.status is CardStatus.APPROVED:
             verify_entry(entry, anchors.card_policy(), expect_id=entry.id, log=anchors.log)
     done = approvers(entry)
     if json_out:
         print_json({**_entry_json(entry), "approvals_required": needed})
         return
-    if entry.status == "approved":
+    if entry.status is CardStatus.APPROVED:
         console.print(
             f"approved card {entry.id} for {entry.identity} (owner {entry.owner}); "
             f"short id {card.short_id}"
@@ -358,7 +360,7 @@ def revoke(
         if not _FULL_ID.fullmatch(ref.lower()):
             raise
     card_id = local.card.id if local else ref.lower()
-    key_ref = key or (local.key_uri if local and local.origin == "own" else None)
+    key_ref = key or (local.key_uri if local and local.origin is Origin.OWN else None)
     if server_signs:
         key_ref = None
     statement: RevocationStatement | None = None
@@ -439,7 +441,7 @@ def show_from_server(card_id: str, json_out: bool) -> None:
         entry = client.get_card(card_id)
         card = parse_stated(entry, expect_id=card_id)
         policy = TrustPolicy.self_only(attestation_roots())
-        if entry.status == "approved":
+        if entry.status is CardStatus.APPROVED:
             policy = anchors.card_policy()
             verify_entry(entry, policy, expect_id=card_id, log=anchors.log)
         else:
@@ -451,7 +453,7 @@ def show_from_server(card_id: str, json_out: bool) -> None:
     console.print(
         f"on the server  {entry.status}, owner {entry.owner}, published {entry.published_at}"
     )
-    if entry.status == "pending":
+    if entry.status is CardStatus.PENDING:
         console.print("not yet valid: it waits for officer approvals")
 
 

@@ -62,56 +62,42 @@ ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Replace an existi
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary.")]
 
 
-def _card_from_ref(ref: str, keyring: Keyring) -> Card:
-    """A card from a card file (one-line export, self signature checked) or the keyring."""
-    from hsm_vault.cards import Card
-    from hsm_vault.config import attestation_roots
-    from hsm_vault.trust import TrustPolicy, verify_card
+def _server_fetch() -> tuple[Callable[[str, Keyring], Any] | None, str]:
+    """Fetching from the server this client is logged in to (None when not logged in)."""
+    from hsm_vault.config import Config
 
-    path = Path(ref)
-    if ("/" in ref or ref.endswith((".card", ".txt"))) and path.is_file():
-        card = Card.from_text(path.read_text().strip())
-        verify_card(card, TrustPolicy.self_only(attestation_roots()))
-        revocation = keyring.revocation(card.id)
-        if revocation is not None:
-            from hsm_vault.errors import CardRevoked
+    config = Config.load()
+    if not (config.server_url and config.api_token):
+        return None, "the server"
+    server = config.server_url
 
-            raise CardRevoked(f"card {card.id[:16]} ({card.identity}) is revoked")
-        return card
-    return keyring.resolve(ref).card
-
-
-def _card_or_fetch(ref: str, keyring: Keyring) -> Card:
-    """A card from `_card_from_ref`; an identity the keyring lacks is fetched from the server
-    this client is logged in to (verified against the pinned application key, then kept)."""
-    try:
-        return _card_from_ref(ref, keyring)
-    except CardNotFound:
-        from hsm_vault.config import Config
-
-        config = Config.load()
-        if not (config.server_url and config.api_token):
-            raise
+    def fetch(ref: str, keyring: Keyring) -> Any:
         from hsm_vault.client import fetch_identity
 
-        err_console.print(f"{ref!r} is not in the keyring: asking {config.server_url}")
-        if not fetch_identity(ref, keyring):
-            raise CardNotFound(
-                f"no approved card for {ref!r} on {config.server_url} nor in the keyring",
-                hint="Check the spelling; a card just published needs an officer's approval "
-                "first ('hsm-vault card pending'); 'hsm-vault card import' takes a card given "
-                "to you directly.",
-            ) from None
-        return _card_from_ref(ref, keyring)
+        err_console.print(f"{ref!r} is not in the keyring: asking {server}")
+        return fetch_identity(ref, keyring)
+
+    return fetch, server
 
 
 def resolve_recipients(refs: list[str]) -> list[Recipient]:
     """--to values (identity, card id or card file) -> envelope recipients."""
+    from hsm_vault.card_refs import card_or_fetch
     from hsm_vault.cards import Keyring
     from hsm_vault.vault import recipient_for
 
     keyring = Keyring()
-    return [recipient_for(_card_or_fetch(ref, keyring)) for ref in refs]
+    recipients = []
+    for ref in refs:
+        try:
+            card = card_or_fetch(ref, keyring)
+        except CardNotFound:
+            fetch, server = _server_fetch()
+            if fetch is None:
+                raise
+            card = card_or_fetch(ref, keyring, fetch, server=server)
+        recipients.append(recipient_for(card))
+    return recipients
 
 
 def policy_recovery(no_recovery: bool) -> RecoveryPlan | None:
@@ -158,7 +144,7 @@ def policy_recovery(no_recovery: bool) -> RecoveryPlan | None:
 def _holder_cards(card_ids: list[str], trust: Any) -> list[Card]:
     """The recovery holders' cards, verified under `trust`; fetched when the keyring lacks
     them, and refused when revoked."""
-    from hsm_vault.cards import Keyring
+    from hsm_vault.cards import Keyring, KeyringStatus, Origin
     from hsm_vault.errors import CardRevoked
     from hsm_vault.trust import verify_card
 
@@ -171,7 +157,7 @@ def _holder_cards(card_ids: list[str], trust: Any) -> list[Card]:
         except CardNotFound:
             missing.append(card_id)
             continue
-        if entry.status == "revoked":
+        if entry.status is KeyringStatus.REVOKED:
             raise CardRevoked(f"recovery card {card_id[:16]} is revoked: tell your officers")
         verify_card(entry.card, trust)
         cards.append(entry.card)
@@ -183,7 +169,7 @@ def _holder_cards(card_ids: list[str], trust: Any) -> list[Card]:
                 verified = client.fetch_card(card_id, trust)
                 if verified.revoked:
                     raise CardRevoked(f"recovery card {card_id[:16]} is revoked")
-                keyring.add(verified.card, origin="imported")
+                keyring.add(verified.card, origin=Origin.IMPORTED)
     by_id = {c.id: c for c in cards}
     for card_id in missing:
         by_id[card_id] = keyring.get(card_id).card
@@ -191,30 +177,11 @@ def _holder_cards(card_ids: list[str], trust: Any) -> list[Card]:
 
 
 def resolve_verifier(ref: str) -> Verifier:
+    from hsm_vault.card_refs import card_from_ref
     from hsm_vault.cards import Keyring
     from hsm_vault.vault import verifier_for
 
-    return verifier_for(_card_from_ref(ref, Keyring()))
-
-
-def _own_card_for(spki_der: bytes) -> Card:
-    """The signing key's card: a valid card for that key, preferring own and newest."""
-    from hsm_vault.cards import Keyring
-    from hsm_vault.envelope import key_id_of
-
-    key_id = key_id_of(spki_der)
-    found = [
-        entry
-        for entry in Keyring().entries()
-        if entry.card.key_id == key_id and entry.status == "valid"
-    ]
-    if not found:
-        raise CardNotFound(
-            "no valid card in the keyring for the signing key",
-            hint="Create one with 'hsm-vault card create' for that key.",
-        )
-    best = max(found, key=lambda e: (e.origin == "own", e.card.created_at))
-    return best.card
+    return verifier_for(card_from_ref(ref, Keyring()))
 
 
 def _size(path: Path | None) -> int | None:
@@ -389,11 +356,13 @@ def encrypt(
     if sign_with is None:
         run(None)
         return
+    from hsm_vault.card_refs import own_card_for
+    from hsm_vault.cards import Keyring
     from hsm_vault.vault import TokenSigner
 
     with token_session(module, split_token_from_key(sign_with, token), pin_file) as session:
         key = session.find_key(sign_with)
-        run(TokenSigner(session, key, _own_card_for(key.spki_der)))
+        run(TokenSigner(session, key, own_card_for(key.spki_der, Keyring())))
 
 
 def _blob_name(src: Path | None, dst: Path | None) -> Path:
@@ -474,6 +443,8 @@ def decrypt(
     verified. With -o - (stdout), each chunk is written as soon as it verified, and a later
     failure exits non-zero.
     """
+    from hsm_vault.card_refs import own_token_for
+    from hsm_vault.cards import Keyring
     from hsm_vault.vault import decrypt_file, default_decrypt_output, token_identities
 
     verifier = resolve_verifier(verify_from) if verify_from else None
@@ -501,7 +472,7 @@ def decrypt(
             if stdin_header is not None
             else _recipients_of(from_store, [src for src, _ in plan if src])
         )
-        chosen = _own_token_for(wanted)
+        chosen = own_token_for(wanted, Keyring())
     with token_session(module, chosen, pin_file) as session:
         identities = token_identities(session, key)
 
@@ -599,7 +570,7 @@ def _no_recipient(
 ) -> NoMatchingRecipient:
     """Say who the file is for (by identity where the keyring knows the key), and which
     token holds one of those keys when it is not the token that was opened."""
-    from hsm_vault.cards import Keyring
+    from hsm_vault.cards import Keyring, Origin
     from hsm_vault.token.uri import parse_uri
 
     if not wanted:
@@ -609,7 +580,7 @@ def _no_recipient(
     for entry in Keyring().entries():
         if entry.card.key_id in wanted:
             names.setdefault(entry.card.key_id, entry.card.identity)
-            if entry.origin == "own" and entry.key_uri:
+            if entry.origin is Origin.OWN and entry.key_uri:
                 label = parse_uri(entry.key_uri).token
                 if label and label != token:
                     elsewhere.add(label)
@@ -626,30 +597,13 @@ def _no_recipient(
     )
 
 
-def _own_token_for(wanted: set[bytes]) -> str | None:
-    """The token holding the key of one of your own cards among `wanted` key ids.
-
-    Only a hint for machines with several tokens: None (let the token layer choose, or ask)
-    unless exactly one token fits. Needs no PIN: the keyring knows where its own keys are.
-    """
-    from hsm_vault.cards import Keyring
-    from hsm_vault.token.uri import parse_uri
-
-    tokens = set()
-    for entry in Keyring().entries():
-        if entry.origin == "own" and entry.key_uri and entry.card.key_id in wanted:
-            uri = parse_uri(entry.key_uri)
-            if uri.token:
-                tokens.add(uri.token)
-    return tokens.pop() if len(tokens) == 1 else None
-
-
 def inspect(
     file: Annotated[Path, typer.Argument(help="An hsm-vault file.", show_default=False)],
     json_out: JsonOpt = False,
 ) -> None:
     """Show a file's recipients, sizes and signer, without a token and without decrypting."""
     from hsm_vault.cards import Keyring
+    from hsm_vault.envelope.format import ECRecipientEntry, RecipientEntry
     from hsm_vault.vault import inspect_file
 
     header, plaintext_size = inspect_file(file)
@@ -660,12 +614,12 @@ def inspect(
             known[entry.card.key_id] = entry.card.identity
             cards[entry.card.id] = entry.card.identity
 
-    def describe(entry: Any) -> dict[str, Any]:
+    def describe(entry: RecipientEntry) -> dict[str, Any]:
         return {
             "key_id": entry.key_id.hex(),
             "key_type": entry.key_type.value,
             "wrap": "ecdh-x963kdf-sha256-aes256-wrap"
-            if entry.ephemeral_point is not None
+            if isinstance(entry, ECRecipientEntry)
             else f"rsa-oaep-{entry.oaep_hash}",
             "identity": known.get(entry.key_id),
         }

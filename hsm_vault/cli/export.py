@@ -72,9 +72,10 @@ def export(
     The content is encrypted again under a fresh content key wrapped to each recipient's
     card; the plaintext never touches the disk.
     """
+    from hsm_vault.card_refs import own_token_for
     from hsm_vault.cards import Keyring
     from hsm_vault.cli.common import split_token_from_key
-    from hsm_vault.cli.crypt import _own_token_for, _refuse_terminal, resolve_recipients
+    from hsm_vault.cli.crypt import _refuse_terminal, resolve_recipients
     from hsm_vault.envelope.cms_export import CMSKind
     from hsm_vault.export import SUFFIX, export_cms_file
     from hsm_vault.vault import recipient_key_ids, token_identities
@@ -89,7 +90,7 @@ def export(
     else:
         dst = Path(output) if output else file.with_name(file.name.removesuffix(".hsmv") + SUFFIX)
     recipients = resolve_recipients(to) if to else None
-    chosen = split_token_from_key(key, token) or _own_token_for(recipient_key_ids(file))
+    chosen = split_token_from_key(key, token) or own_token_for(recipient_key_ids(file), Keyring())
     kind = CMSKind.ENVELOPED if enveloped else CMSKind.AUTH_ENVELOPED
     with (
         token_session(module, chosen, pin_file) as session,

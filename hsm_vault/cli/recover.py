@@ -63,15 +63,17 @@ KeyOpt = Annotated[
 def _own_entry(card: str | None, wanted: set[bytes] | None = None) -> KeyringEntry:
     """Your own valid card: the one named, else the one whose key is among `wanted`, else
     the newest."""
-    from hsm_vault.cards import Keyring
+    from hsm_vault.cards import Keyring, KeyringStatus, Origin
 
     keyring = Keyring()
     if card is not None:
         entry = keyring.resolve(card)
-        if entry.origin != "own":
+        if entry.origin is not Origin.OWN:
             raise UsageError(f"card {entry.card.id[:16]} is not one of your own cards")
         return entry
-    own = [e for e in keyring.entries() if e.origin == "own" and e.status == "valid"]
+    own = [
+        e for e in keyring.entries() if e.origin is Origin.OWN and e.status is KeyringStatus.VALID
+    ]
     if wanted is not None:
         own = [e for e in own if e.card.key_id in wanted]
     if not own:
@@ -165,6 +167,7 @@ def approve(
     The requester's card is verified against the server's pinned policy and must not be
     revoked; the approval is recorded on the server before the share is written.
     """
+    from hsm_vault.cards import CardStatus
     from hsm_vault.cli.card_server import _client_and_trust
     from hsm_vault.config import write_private_file
     from hsm_vault.recovery import SHARE_SUFFIX, approve_request
@@ -182,7 +185,7 @@ def approve(
     client, anchors, _config = _client_and_trust()
     with client:
         requester = client.fetch_card(body.requester.id, anchors.card_policy())
-        if requester.revoked or requester.status != "approved":
+        if requester.revoked or requester.status is not CardStatus.APPROVED:
             raise RecoveryError(
                 f"the requester's card {body.requester.id[:16]} is {requester.status}",
                 hint="Only an approved card that is not revoked can receive a share.",

@@ -160,11 +160,15 @@ def _token_for(
 ) -> str | None:
     """--token, the token of --key, else the one token holding your card being replaced
     (`prefer`), else the one holding any of your cards the files name."""
+    from hsm_vault.card_refs import own_token_for
+    from hsm_vault.cards import Keyring
     from hsm_vault.cli.common import split_token_from_key
-    from hsm_vault.cli.crypt import _own_token_for
 
     chosen = split_token_from_key(key, token)
-    return chosen or _own_token_for(wanted & prefer) or _own_token_for(wanted)
+    if chosen:
+        return chosen
+    keyring = Keyring()
+    return own_token_for(wanted & prefer, keyring) or own_token_for(wanted, keyring)
 
 
 def _summary(where: str, before: int, after: int) -> str:

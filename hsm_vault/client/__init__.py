@@ -32,23 +32,20 @@ from hsm_vault.algorithms import SignatureAlgorithm, load_spki, spki_fingerprint
 from hsm_vault.cards.keyring import Keyring, KeyringEntry
 from hsm_vault.cards.model import Card, CardSignature
 from hsm_vault.cards.revocation import RevocationStatement
+from hsm_vault.cards.status import CardStatus, Origin
 from hsm_vault.config import Config
 from hsm_vault.errors import (
-    AuthenticationFailed,
     CardError,
-    ConflictOnServer,
     HsmVaultError,
     LogMoved,
     NotFoundOnServer,
     NotLoggedIn,
-    PermissionDenied,
-    RequestRejected,
     ServerError,
     ServerTrustError,
     ServerUnreachable,
-    TooLarge,
     TooManyAttempts,
     UsageError,
+    server_error_for_status,
 )
 from hsm_vault.trust import SignedPolicy, TrustPolicy, VerifiedCard, load_app_key, verify_entry
 from hsm_vault.trust.entries import LogCheck
@@ -57,18 +54,6 @@ from hsm_vault.trust.entries import LogCheck
 DEFAULT_TIMEOUT = (5.0, 30.0)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ALLOW_HTTP_ENV = "HSM_VAULT_ALLOW_HTTP"
-_STATUS_ERRORS: dict[int, type[ServerError]] = {
-    400: RequestRejected,
-    401: AuthenticationFailed,
-    403: PermissionDenied,
-    404: NotFoundOnServer,
-    409: ConflictOnServer,
-    412: ConflictOnServer,
-    413: TooLarge,
-    422: RequestRejected,
-}
-
-
 # --- what the API returns ------------------------------------------------------------------------
 
 
@@ -106,7 +91,7 @@ class CardEntry:
     id: str
     identity: str
     owner: str
-    status: str
+    status: CardStatus
     card_text: str
     previous_id: str | None
     superseded_by: str | None
@@ -129,7 +114,7 @@ class CardEntry:
                 id=str(obj["id"]),
                 identity=str(obj["identity"]),
                 owner=str(obj["owner"]),
-                status=str(obj["status"]),
+                status=CardStatus(str(obj["status"])),
                 card_text=str(obj["card"]),
                 previous_id=obj.get("previous_id"),
                 superseded_by=obj.get("superseded_by"),
@@ -143,6 +128,11 @@ class CardEntry:
             )
         except KeyError as exc:
             raise ServerError(f"the server sent a card record without {exc.args[0]}") from None
+        except ValueError:
+            status = str(obj["status"])[:20]
+            raise ServerError(
+                f"the server sent a card record of unknown status {status!r}"
+            ) from None
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -192,15 +182,15 @@ def error_for(response: requests.Response) -> ServerError:
     """The hsm-vault exception for an error response, with the server's message."""
     status = response.status_code
     message = _problem_message(response)
-    cls = _STATUS_ERRORS.get(status)
-    if cls is not None:
-        return cls(message)
-    if status == 429:
+    cls = server_error_for_status(status)
+    if cls is TooManyAttempts:
         wait = response.headers.get("Retry-After")
         return TooManyAttempts(
             message,
             hint=f"Too many failed attempts; wait {wait or 'a while'} seconds and try again.",
         )
+    if cls is not None:
+        return cls(message)
     if status >= 500:
         return ServerError(f"the server failed: {message}")
     return ServerError(message)
@@ -640,7 +630,7 @@ def fetch_cards_into_keyring(
     Nothing is stored if any card in the answer fails verification (ServerTrustError).
     """
     found = client.find_cards(identity, policy, log)
-    entries = [keyring.add(v.card, origin="imported") for v in found]
+    entries = [keyring.add(v.card, origin=Origin.IMPORTED) for v in found]
     listed = {v.card.id for v in found}
     for entry in keyring.find(identity):
         if entry.card.id in listed or entry.revocation is not None:

@@ -21,7 +21,6 @@ from hsm_vault.envelope.recipients import (
     Identity,
     Randomness,
     Recipient,
-    SoftwareIdentity,
     key_id_of,
 )
 
@@ -36,7 +35,6 @@ __all__ = [
     "RecipientEntry",
     "Signer",
     "SignerReference",
-    "SoftwareIdentity",
     "Verifier",
     "decrypt",
     "encrypt",

@@ -63,7 +63,6 @@ class CMSWriter(io.RawIOBase):
 
     Each `write` is encrypted at once and leaves as one segment of the constructed
     encryptedContent OCTET STRING; `finish` writes the tail (the GCM tag as the `mac`).
-    `randomness` is for tests only.
     """
 
     def __init__(
@@ -71,15 +70,13 @@ class CMSWriter(io.RawIOBase):
         dst: BinaryIO,
         recipients: Sequence[Recipient],
         kind: CMSKind = CMSKind.AUTH_ENVELOPED,
-        *,
-        randomness: Randomness | None = None,
     ) -> None:
         super().__init__()
         if not recipients:
             raise EnvelopeError("no recipients for the CMS message", hint="Name at least one.")
         self._dst = dst
         self._kind = kind
-        rng = randomness or Randomness()
+        rng = Randomness()
         content_key = rng.random_bytes(CONTENT_KEY_LENGTH)
         infos = cms.RecipientInfos([wrap_file_key(r, content_key, rng) for r in recipients])
         self._padder: Any = None

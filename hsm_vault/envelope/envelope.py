@@ -61,9 +61,9 @@ from hsm_vault.envelope.stream import (
     write_all,
 )
 from hsm_vault.errors import (
-    CardVerificationError,
     EnvelopeError,
     HeaderError,
+    InvalidSignature,
     NoMatchingRecipient,
     PayloadError,
     SignatureError,
@@ -209,14 +209,37 @@ def encrypt(
     recovery: RecoveryPlan | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Progress | None = None,
-    randomness: Randomness | None = None,
 ) -> EncryptResult:
     """Encrypt `src` to every recipient, writing an hsm-vault file to `dst`.
 
     Needs no token unless `signer` is given (the signature is made on the sender's token).
     With `recovery`, the header also carries the file key's shares for its holders (a
-    version 2 header). `randomness` is for generating test vectors only.
+    version 2 header).
     """
+    return _encrypt_from_parts(
+        src,
+        dst,
+        recipients,
+        signer,
+        recovery=recovery,
+        chunk_size=chunk_size,
+        progress=progress,
+        randomness=Randomness(),
+    )
+
+
+def _encrypt_from_parts(
+    src: BinaryIO,
+    dst: BinaryIO,
+    recipients: Sequence[Recipient],
+    signer: Signer | None,
+    *,
+    recovery: RecoveryPlan | None,
+    chunk_size: int,
+    progress: Progress | None,
+    randomness: Randomness,
+) -> EncryptResult:
+    """`encrypt` with its randomness given: the test vector generators fix it (test seam)."""
     if not recipients:
         raise EnvelopeError("no recipients", hint="Name at least one recipient with --to.")
     ids = [r.key_id for r in recipients]
@@ -224,7 +247,7 @@ def encrypt(
         raise EnvelopeError(
             "the same recipient key is named twice", hint="Name each recipient once."
         )
-    rng = randomness or Randomness()
+    rng = randomness
     file_key = rng.random_bytes(FILE_KEY_LENGTH)
     payload = PayloadParameters(chunk_size=chunk_size, salt=rng.random_bytes(SALT_LENGTH))
     entries = [wrap_file_key(r, file_key, rng) for r in recipients]
@@ -380,7 +403,7 @@ def _open(
                 _signature_message(hasher.digest()),
                 _decode_trailer(reference, trailer),
             )
-        except CardVerificationError:
+        except InvalidSignature:
             raise SignatureError("the file's signature does not verify") from None
         signer = verifier
     return DecryptResult(header, size, key_id, signer)

@@ -160,17 +160,33 @@ class SignerReference:
 
 
 @dataclass(frozen=True)
-class RecipientEntry:
-    """One parsed recipient entry: enough to unwrap it, and its DER as it appears."""
+class _Entry:
+    """What every parsed recipient entry has: its key id, key type and wrapped file key."""
 
     key_id: bytes
     key_type: KeyType
     encrypted_key: bytes
-    ephemeral_point: bytes | None = None  # EC entries
-    oaep_hash: str | None = None  # RSA entries
 
     def __repr__(self) -> str:
-        return f"RecipientEntry(key_id={self.key_id.hex()}, key_type={self.key_type})"
+        return f"{type(self).__name__}(key_id={self.key_id.hex()}, key_type={self.key_type})"
+
+
+@dataclass(frozen=True, repr=False)
+class ECRecipientEntry(_Entry):
+    """An EC entry (KeyAgreeRecipientInfo): ECDH with `ephemeral_point`, then AES key wrap."""
+
+    ephemeral_point: bytes
+
+
+@dataclass(frozen=True, repr=False)
+class RSARecipientEntry(_Entry):
+    """An RSA entry (KeyTransRecipientInfo): RSA-OAEP with `oaep_hash` (MGF1 of the same)."""
+
+    oaep_hash: str
+
+
+#: One parsed recipient entry: one type per kind of key.
+RecipientEntry = ECRecipientEntry | RSARecipientEntry
 
 
 @dataclass(frozen=True)
@@ -472,7 +488,7 @@ def _parse_kari(kari: Any) -> RecipientEntry:
     encrypted = reks[0]["encrypted_key"].native
     if len(encrypted) != FILE_KEY_LENGTH + 8:
         raise HeaderError("EC recipient entry: wrapped key is not 40 bytes")
-    return RecipientEntry(
+    return ECRecipientEntry(
         key_id=_key_id(rkey["subject_key_identifier"].native),
         key_type=key_type,
         encrypted_key=encrypted,
@@ -506,7 +522,7 @@ def _parse_ktri(ktri: Any) -> RecipientEntry:
     key_type = _RSA_BY_LENGTH.get(len(encrypted))
     if key_type is None:
         raise HeaderError("RSA recipient entry: encrypted key length fits no RSA key size")
-    return RecipientEntry(
+    return RSARecipientEntry(
         key_id=_key_id(rid.chosen.native),
         key_type=key_type,
         encrypted_key=encrypted,

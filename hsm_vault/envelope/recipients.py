@@ -31,6 +31,7 @@ from hsm_vault.algorithms import (
 )
 from hsm_vault.envelope.format import (
     FILE_KEY_LENGTH,
+    ECRecipientEntry,
     RecipientEntry,
     ec_entry,
     kdf_shared_info,
@@ -133,7 +134,7 @@ def wrap_file_key(recipient: Recipient, file_key: bytes, randomness: Randomness)
 
 def check_entry_point(entry: RecipientEntry) -> None:
     """Rule H9: an EC entry's ephemeral point must be a valid point on its curve."""
-    if entry.ephemeral_point is None:
+    if not isinstance(entry, ECRecipientEntry):
         return
     try:
         ec.EllipticCurvePublicKey.from_encoded_point(entry.key_type.curve, entry.ephemeral_point)
@@ -146,11 +147,10 @@ def unwrap_file_key(entry: RecipientEntry, identity: Identity) -> bytes:
     if entry.key_type != identity.key_type:
         raise HeaderError("recipient entry does not fit the key type of its key id")
     try:
-        if entry.ephemeral_point is not None:
+        if isinstance(entry, ECRecipientEntry):
             shared = identity.ecdh(entry.ephemeral_point)
             file_key = aes_key_unwrap(_kek(shared), entry.encrypted_key)
         else:
-            assert entry.oaep_hash is not None
             file_key = identity.rsa_oaep_decrypt(entry.encrypted_key, entry.oaep_hash)
     except (InvalidUnwrap, ValueError, TokenOperationFailed):
         raise HeaderError(
@@ -159,52 +159,3 @@ def unwrap_file_key(entry: RecipientEntry, identity: Identity) -> bytes:
     if len(file_key) != FILE_KEY_LENGTH:
         raise HeaderError("the unwrapped file key is not 32 bytes")
     return file_key
-
-
-class SoftwareIdentity:
-    """An identity whose private key is in memory: for tests and test vectors only.
-
-    hsm-vault itself never holds a private key; its identities are token keys (vault.py).
-    """
-
-    def __init__(self, private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
-        self._private = private_key
-        spki = private_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.spki_der = spki
-        self._key_id = key_id_of(spki)
-        self._key_type = key_type_of(private_key.public_key())
-
-    @classmethod
-    def from_der(cls, pkcs8_der: bytes) -> SoftwareIdentity:
-        key = serialization.load_der_private_key(pkcs8_der, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            raise EnvelopeError("software identity must be an EC or RSA key")
-        return cls(key)
-
-    def __repr__(self) -> str:
-        return f"SoftwareIdentity(key_id={self._key_id.hex()[:16]}, {self._key_type})"
-
-    @property
-    def key_id(self) -> bytes:
-        return self._key_id
-
-    @property
-    def key_type(self) -> KeyType:
-        return self._key_type
-
-    def recipient(self, oaep_hash: str | None = None) -> Recipient:
-        return Recipient.from_spki(self.spki_der, oaep_hash)
-
-    def ecdh(self, peer_point: bytes) -> bytes:
-        assert isinstance(self._private, ec.EllipticCurvePrivateKey)
-        peer = ec.EllipticCurvePublicKey.from_encoded_point(self._private.curve, peer_point)
-        return self._private.exchange(ec.ECDH(), peer)
-
-    def rsa_oaep_decrypt(self, ciphertext: bytes, hash_name: str) -> bytes:
-        assert isinstance(self._private, rsa.RSAPrivateKey)
-        chosen = hash_algorithm(hash_name)
-        return self._private.decrypt(
-            ciphertext, padding.OAEP(mgf=padding.MGF1(chosen), algorithm=chosen, label=None)
-        )

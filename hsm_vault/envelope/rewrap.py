@@ -96,8 +96,6 @@ def rewrap_header(
     header: Header,
     file_key: bytes,
     change: RecipientChange,
-    *,
-    randomness: Randomness | None = None,
 ) -> Header:
     """The header for `change`, under `file_key` (which must be the header's own).
 
@@ -109,7 +107,7 @@ def rewrap_header(
         raise HeaderError("the header MAC does not verify under that file key")
     wanted = new_key_ids(header, change)
     old = recipient_infos(_body(header))
-    rng = randomness or Randomness()
+    rng = Randomness()
     added = {r.key_id: r for r in change.add}
     entries: list[Any] = []
     for key_id in wanted:
@@ -129,8 +127,6 @@ def rewrap(
     header: Header,
     identities: Sequence[Identity],
     change: RecipientChange,
-    *,
-    randomness: Randomness | None = None,
 ) -> Header:
     """Unwrap the file key once with one of `identities`, then `rewrap_header`.
 
@@ -138,7 +134,7 @@ def rewrap(
     """
     new_key_ids(header, change)
     file_key, _ = unwrap(header, identities)
-    return rewrap_header(header, file_key, change, randomness=randomness)
+    return rewrap_header(header, file_key, change)
 
 
 def _recovery_der(header: Header) -> bytes | None:

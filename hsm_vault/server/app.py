@@ -11,8 +11,8 @@ What routes find on `request.app.state`:
 - `app_key`: the `ApplicationKey` (public info in `.info`, `.sign(message)`)
 - `log_cache`: the `LogCache` of the transparency log's tree (proofs)
 
-Routers are joined in `_include_routers`; blob routes (`hsm_vault.server.routes_blobs.router`)
-join there when that module is present.
+Routers are joined in `_include_routers`. Each serving process opens the blob store (and
+sweeps what dead processes left) at start-up, in `_start_serving`.
 
 Concurrency: blocking work (database, token, blob store) runs in at most
 `settings.worker_threads` threads per process, and the database pool holds as many
@@ -22,8 +22,6 @@ processes through `app_from_environment`, each opening its own resources.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -44,8 +42,6 @@ from hsm_vault.server.log import LogCache, backfill
 from hsm_vault.server.problems import BodySizeLimit, complete_openapi, install_problem_handlers
 from hsm_vault.server.settings import ServerSettings
 
-#: Optional router modules of other server parts, joined when present.
-_OPTIONAL_ROUTERS = ("hsm_vault.server.routes_blobs",)
 #: Where request bodies stream (blob uploads): their routes limit the size themselves.
 BLOB_PATH_PREFIX = "/v1/blobs"
 #: The settings (JSON, `ServerSettings.to_json`) that `app_from_environment` serves.
@@ -108,6 +104,7 @@ def _attach(app: FastAPI, resources: ServerResources) -> None:
 def _include_routers(app: FastAPI) -> None:
     from hsm_vault.server import (
         routes_accounts,
+        routes_blobs,
         routes_cards,
         routes_health,
         routes_log,
@@ -121,17 +118,16 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(routes_policy.router)
     app.include_router(routes_log.router)
     app.include_router(routes_recovery.router)
-    for name in _OPTIONAL_ROUTERS:
-        if importlib.util.find_spec(name) is not None:
-            app.include_router(importlib.import_module(name).router)
+    app.include_router(routes_blobs.router)
 
 
 def _start_serving(app: FastAPI, settings: ServerSettings) -> None:
     """Per process, in its event loop: the thread limit, then the blob store and its sweep."""
+    from hsm_vault.server.routes_blobs import configure_blob_store
+
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-    if importlib.util.find_spec(_OPTIONAL_ROUTERS[0]) is not None:
-        # Opens the store and removes what processes that died mid-upload left behind.
-        importlib.import_module(_OPTIONAL_ROUTERS[0]).configure_blob_store(app, settings)
+    # Opens the store and removes what processes that died mid-upload left behind.
+    configure_blob_store(app, settings)
 
 
 def create_app(settings: ServerSettings, resources: ServerResources | None = None) -> FastAPI:

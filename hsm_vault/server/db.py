@@ -33,6 +33,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+# The directory's card states, shared with the client (re-exported: routes import it from here).
+from hsm_vault.cards.status import CardStatus as CardStatus
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -72,14 +75,6 @@ class Role(StrEnum):
 
     def includes(self, other: Role) -> bool:
         return self.rank >= other.rank
-
-
-class CardStatus(StrEnum):
-    PENDING = "pending"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-    SUPERSEDED = "superseded"
-    REVOKED = "revoked"
 
 
 class Base(DeclarativeBase):
@@ -148,6 +143,7 @@ class CardRecord(Base):
     #: Card search: one index range per identity, newest approval first.
     __table_args__ = (
         Index("ix_cards_identity_status_decided", "identity", "status", "decided_at"),
+        Index("ix_cards_owner_id_key_id", "owner_id", "key_id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -168,6 +164,9 @@ class CardRecord(Base):
     #: the approval of the card replacing it).
     log_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
     status_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The card's key id (lower-case hex SHA-256 of its SPKI), kept so that reads need not
+    #: parse the card; set when it is published.
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

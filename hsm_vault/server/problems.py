@@ -21,19 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hsm_vault.errors import (
-    AuthenticationFailed,
-    CardError,
-    CardNotFound,
-    ConflictOnServer,
-    HsmVaultError,
-    NotFoundOnServer,
-    PermissionDenied,
-    RequestRejected,
-    TokenLayerError,
-    TooLarge,
-    UsageError,
-)
+from hsm_vault.errors import HsmVaultError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 #: Seconds a client is asked to wait after a 503 (busy, or the database unreachable).
@@ -112,26 +100,6 @@ def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str,
     return f"{first['location']}: {first['message']}", errors
 
 
-def status_for(exc: HsmVaultError) -> int:
-    """The HTTP status for a library error raised while handling a request."""
-    table: list[tuple[type[HsmVaultError], int]] = [
-        (AuthenticationFailed, 401),
-        (PermissionDenied, 403),
-        (NotFoundOnServer, 404),
-        (CardNotFound, 404),
-        (ConflictOnServer, 409),
-        (TooLarge, 413),
-        (CardError, 422),
-        (UsageError, 422),
-        (RequestRejected, 400),
-        (TokenLayerError, 503),
-    ]
-    for cls, status in table:
-        if isinstance(exc, cls):
-            return status
-    return 500
-
-
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error response of `app` a problem document."""
 
@@ -164,7 +132,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HsmVaultError)
     async def _library(_request: Request, exc: HsmVaultError) -> JSONResponse:
-        status = status_for(exc)
+        status = exc.http_status
         if status >= 500:
             log.error("%s: %s", type(exc).__name__, exc.message)
         return problem_response(status, exc.message, error=type(exc).__name__)

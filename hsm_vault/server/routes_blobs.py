@@ -85,6 +85,19 @@ class BlobSettings:
         if self.max_blob_bytes < 0 or self.quota_bytes < 0:
             raise ConfigError("blob size limits must not be negative")
 
+    def room(self, used: int, replaced: int = 0) -> int:
+        """Bytes a user may still store: the quota less what they use, plus the size of the
+        blob an upload replaces (freed when the new one lands). Negative when over quota."""
+        return self.quota_bytes - used + replaced
+
+    def fits(self, size: int, used: int, replaced: int = 0) -> bool:
+        """Whether a blob of `size` bytes passes the per-blob limit and the quota."""
+        return size <= self.max_blob_bytes and size <= self.room(used, replaced)
+
+    def upload_limit(self, used: int, replaced: int = 0) -> int:
+        """The most bytes an upload may bring (the writer stops it past this)."""
+        return min(self.max_blob_bytes, max(self.room(used, replaced), 0))
+
     @classmethod
     def from_server_settings(cls, settings: ServerSettings) -> BlobSettings:
         raw = dict((settings.extra or {}).get("blobs") or {})
@@ -96,7 +109,12 @@ class BlobSettings:
 
 
 def configure_blob_store(app: FastAPI, settings: ServerSettings) -> None:
-    """Open the blob store and put it and its settings on `app.state` (at app creation)."""
+    """Open the blob store and put it and its settings on `app.state`.
+
+    Runs at start-up in each serving process (the app's lifespan), and sweeps what processes
+    that died mid-upload left behind; `get_blob_store` opens the store on first use if the
+    lifespan did not run.
+    """
     blob_settings = BlobSettings.from_server_settings(settings)
     store = blob_store_from_url(blob_settings.store, journal_dir=settings.data_dir / "s3-uploads")
     # What processes that died mid-upload left: their .part files, their S3 multipart uploads.
@@ -151,24 +169,18 @@ def key_ids_of_user(db: Session, user: User) -> set[str]:
 
     A superseded card (its holder rotated to a new one) still counts: its key is still the
     holder's, who must be able to re-wrap what was addressed to it (`rewrap --store`).
+    The key id is kept with the card's record when it is published: no card is parsed here.
     """
-    from hsm_vault.cards import Card
-    from hsm_vault.errors import CardError
     from hsm_vault.server.db import CardRecord, CardStatus
 
-    texts = db.scalars(
-        select(CardRecord.text).where(
+    key_ids = db.scalars(
+        select(CardRecord.key_id).where(
             CardRecord.owner_id == user.id,
             CardRecord.status.in_((CardStatus.APPROVED.value, CardStatus.SUPERSEDED.value)),
+            CardRecord.key_id.is_not(None),
         )
     ).all()
-    found = set()
-    for text in texts:
-        try:
-            found.add(Card.from_text(text).key_id.hex())
-        except CardError:
-            continue  # the card routes validated it when it was published
-    return found
+    return {key_id for key_id in key_ids if key_id is not None}
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -400,12 +412,11 @@ async def upload_blob(
             raise Problem(
                 409, f"you already have a blob named {name!r}; pass replace=true", headers=_CLOSE
             )
-        # A replaced blob's bytes are freed when the new one lands.
-        available = limits.quota_bytes - used + (existing.size if existing is not None else 0)
-        if declared is not None and declared > available:
+        replaced = existing.size if existing is not None else 0
+        if declared is not None and not limits.fits(declared, used, replaced):
             raise _too_large(_quota_message(limits, used, declared), quota=limits.quota_bytes)
-        limit = min(limits.max_blob_bytes, max(available, 0))
-        return available, store.open_writer(new_blob_key(), max_size=limit)
+        writer = store.open_writer(new_blob_key(), max_size=limits.upload_limit(used, replaced))
+        return limits.room(used, replaced), writer
 
     # Worker-thread hops are what a small upload costs most: one to prepare, one to finish.
     available, writer = await run_in_threadpool(prepare)
@@ -418,7 +429,7 @@ async def upload_blob(
         info = writer.commit()
         peeked = recipient_key_ids_of(bytes(head))
         try:
-            record, replaced = record_it(info, peeked)
+            record, replaced = _record_upload(db, user, name, info, peeked, limits, replace)
         except (Problem, IntegrityError) as exc:
             db.rollback()
             store.delete(info.key)
@@ -432,37 +443,6 @@ async def upload_blob(
             status_code=201,
             headers={"Location": f"/v1/blobs/{name}"},
         )
-
-    def record_it(
-        info: BlobInfo, peeked: tuple[int, list[str]] | None
-    ) -> tuple[BlobRecord, Row[*tuple[Any, ...]] | None]:
-        # Checked again under the owner's lock now that the size is known: uploads run in
-        # parallel, on this replica and on others, and only one at a time may pass the quota.
-        with user_write_transaction(db, user.id):
-            current = db.execute(_BLOB_SLOT, slot).first()
-            if current is not None and not replace:
-                raise Problem(409, f"a blob named {name!r} was uploaded at the same time")
-            used_now = _used_bytes(db, user.id)
-            if used_now - (current.size if current else 0) + info.size > limits.quota_bytes:
-                raise _too_large(
-                    _quota_message(limits, used_now, info.size), quota=limits.quota_bytes
-                )
-            if current is not None:
-                # Its recipients go with it (ON DELETE CASCADE), without loading them.
-                db.execute(delete(BlobRecord).where(BlobRecord.id == current.id))
-            record = BlobRecord(
-                owner_id=user.id,
-                name=name,
-                storage_key=info.key,
-                size=info.size,
-                sha256=info.sha256,
-                created_at=utcnow(),
-                envelope_version=peeked[0] if peeked else None,
-                recipients=[BlobRecipient(key_id=k) for k in (peeked[1] if peeked else [])],
-            )
-            db.add(record)
-            db.commit()
-        return record, current
 
     try:
         rest = await _receive_into(request, writer, head)
@@ -479,6 +459,45 @@ async def upload_blob(
         return JSONResponse({}, status_code=400)
     finally:
         await _abort(writer)  # a no-op once committed
+
+
+def _record_upload(
+    db: Session,
+    user: User,
+    name: str,
+    info: BlobInfo,
+    peeked: tuple[int, list[str]] | None,
+    limits: BlobSettings,
+    replace: bool,
+) -> tuple[BlobRecord, Row[*tuple[Any, ...]] | None]:
+    """Record an upload whose bytes are stored: (its record, the blob it replaced or None).
+
+    Checked again under the owner's lock now that the size is known: uploads run in
+    parallel, on this replica and on others, and only one at a time may pass the quota.
+    """
+    with user_write_transaction(db, user.id):
+        current = db.execute(_BLOB_SLOT, {"owner_id": user.id, "name": name}).first()
+        if current is not None and not replace:
+            raise Problem(409, f"a blob named {name!r} was uploaded at the same time")
+        used_now = _used_bytes(db, user.id)
+        if info.size > limits.room(used_now, current.size if current else 0):
+            raise _too_large(_quota_message(limits, used_now, info.size), quota=limits.quota_bytes)
+        if current is not None:
+            # Its recipients go with it (ON DELETE CASCADE), without loading them.
+            db.execute(delete(BlobRecord).where(BlobRecord.id == current.id))
+        record = BlobRecord(
+            owner_id=user.id,
+            name=name,
+            storage_key=info.key,
+            size=info.size,
+            sha256=info.sha256,
+            created_at=utcnow(),
+            envelope_version=peeked[0] if peeked else None,
+            recipients=[BlobRecipient(key_id=k) for k in (peeked[1] if peeked else [])],
+        )
+        db.add(record)
+        db.commit()
+    return record, current
 
 
 async def _abort(writer: BlobWriter) -> None:

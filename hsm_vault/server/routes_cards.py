@@ -258,6 +258,7 @@ def publish_card(
         status=CardStatus.PENDING.value,
         previous_id=card.previous_id,
         published_at=utcnow(),
+        key_id=card.key_id.hex(),
     )
     db.add(record)
     if settings.auto_approve and require_policy(db).body.approvals == 0:

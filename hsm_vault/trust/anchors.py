@@ -11,10 +11,11 @@ import base64
 import binascii
 import hmac
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from hsm_vault.algorithms import spki_fingerprint
-from hsm_vault.errors import CardError, NotLoggedIn, ServerTrustError
+from hsm_vault.errors import CardError, NotLoggedIn, ServerTrustError, UsageError
 from hsm_vault.trust.cards import APP, TrustPolicy
 from hsm_vault.trust.entries import LogCheck
 from hsm_vault.trust.policy import SignedPolicy
@@ -34,6 +35,53 @@ def load_app_key(spki_b64: str | None, fingerprint: str | None) -> bytes:
     if not hmac.compare_digest(spki_fingerprint(spki), fingerprint.lower()):
         raise ServerTrustError("the pinned application key does not match the pinned fingerprint")
     return spki
+
+
+class AppKeyCheck(Enum):
+    """What login must still do about the application key a server states."""
+
+    #: It matches the fingerprint the person was given: pin it.
+    CHECKED = "checked"
+    #: The very key is pinned for this server already: keep it.
+    PINNED = "pinned"
+    #: Nobody checked it: show its fingerprint and ask (or trust it on first use, if told to).
+    UNCHECKED = "unchecked"
+
+
+def normalise_fingerprint(text: str) -> str:
+    """Lower-case hex without separators (colons, spaces) as people copy fingerprints."""
+    return "".join(ch for ch in text.lower() if ch not in ": \t\n-")
+
+
+def check_app_key(fingerprint: str, *, given: str | None, pinned: str | None) -> AppKeyCheck:
+    """Login's pinning decision for a server's application key `fingerprint`.
+
+    `given` is the fingerprint the person was given out of band (--app-fingerprint), all 64
+    hex digits; `pinned` the one pinned for this same server (None for none, or for another
+    server). A given fingerprint that differs, or a pinned key that changed, raises
+    `ServerTrustError`; a given one that is not a full fingerprint raises `UsageError`.
+    """
+    if given is not None:
+        wanted = normalise_fingerprint(given)
+        if len(wanted) != len(fingerprint) or any(c not in "0123456789abcdef" for c in wanted):
+            raise UsageError(
+                "--app-fingerprint needs the full fingerprint: 64 hex digits",
+                hint="Give the full 64-hex fingerprint your officer gave you (colons and "
+                "spaces are fine); a prefix is not enough.",
+            )
+        if not hmac.compare_digest(wanted, fingerprint):
+            raise ServerTrustError(
+                f"the server's application key fingerprint is {fingerprint}, "
+                "not the one you were given"
+            )
+        return AppKeyCheck.CHECKED
+    if pinned and pinned != fingerprint:
+        raise ServerTrustError(
+            f"the server's application key changed: pinned {pinned}, now {fingerprint}",
+            hint="Ask your security officer; if the change is expected, log in with "
+            "--app-fingerprint NEW.",
+        )
+    return AppKeyCheck.PINNED if pinned else AppKeyCheck.UNCHECKED
 
 
 def load_policy(text: str | None) -> SignedPolicy | None:

@@ -27,7 +27,13 @@ from hsm_vault.cards.model import (
     key_id_of,
 )
 from hsm_vault.cards.revocation import RevocationStatement
-from hsm_vault.errors import AttestationError, CardFormatError, CardVerificationError
+from hsm_vault.errors import (
+    AttestationError,
+    CardFormatError,
+    CardVerificationError,
+    InvalidSignature,
+    KeyFormatError,
+)
 
 APP = "app"
 OFFICER_PREFIX = "officer:"
@@ -140,8 +146,10 @@ def _verify_one(card: Card, sig: CardSignature, spki_der: bytes, label: str) -> 
         raise CardVerificationError(f"the {label} signature names a different key")
     try:
         verify_signature(spki_der, sig.algorithm, card.signing_message(sig.signer), sig.signature)
-    except CardVerificationError:
+    except InvalidSignature:
         raise CardVerificationError(f"the {label} signature does not verify") from None
+    except KeyFormatError as exc:  # a trusted key given to the policy that is not usable
+        raise CardFormatError(exc.message) from None
 
 
 def _check_rotation(card: Card, previous: Card | None) -> None:
@@ -283,5 +291,7 @@ def verify_revocation(
         verify_signature(
             spki, SignatureAlgorithm(sig.algorithm), statement.message(), sig.signature
         )
-    except CardVerificationError:
+    except InvalidSignature:
         raise CardVerificationError("the revocation signature does not verify") from None
+    except KeyFormatError as exc:  # a trusted key given to the policy that is not usable
+        raise CardFormatError(exc.message) from None

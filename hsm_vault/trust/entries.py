@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from hsm_vault.cards.model import Card
 from hsm_vault.cards.revocation import RevocationStatement
+from hsm_vault.cards.status import CardStatus
 from hsm_vault.errors import CardError, ServerTrustError
 from hsm_vault.trust.cards import TrustPolicy, verify_card, verify_revocation
 
@@ -23,7 +24,7 @@ class StatedCard(Protocol):
     @property
     def identity(self) -> str: ...
     @property
-    def status(self) -> str: ...
+    def status(self) -> CardStatus: ...
     @property
     def card_text(self) -> str: ...
     @property
@@ -51,7 +52,7 @@ class VerifiedCard:
     """
 
     card: Card
-    status: str
+    status: CardStatus
     revocation: RevocationStatement | None
     #: The id of the card that replaced this one, as the server states it (fetch and verify it).
     superseded_by: str | None = None
@@ -95,7 +96,7 @@ def verify_entry(
         if entry.revocation_text is not None:
             revocation = RevocationStatement.from_text(entry.revocation_text)
             verify_revocation(revocation, card, policy)
-        elif entry.status == "revoked":
+        elif entry.status is CardStatus.REVOKED:
             raise ServerTrustError("the server says the card is revoked but sent no statement")
     except ServerTrustError:
         raise

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hsm_vault.algorithms import KeyType, SignatureAlgorithm, key_type_of, verify_signature
+from hsm_vault.algorithms import KeyType, SignatureAlgorithm, verify_signature
 from hsm_vault.cards.canonical import (
     b64url_decode,
     b64url_encode,
@@ -35,6 +35,7 @@ from hsm_vault.cards.model import (
     CardSignature,
     _enum,
     _exact_keys,
+    _key_type_of,
     _load_public_key,
     _text_field,
     check_time,
@@ -43,7 +44,8 @@ from hsm_vault.cards.model import (
 )
 from hsm_vault.errors import (
     CardFormatError,
-    CardVerificationError,
+    InvalidSignature,
+    KeyFormatError,
     PolicyFormatError,
     PolicyVerificationError,
 )
@@ -89,7 +91,7 @@ class PolicyOfficer:
         if not isinstance(self.spki_der, bytes):
             raise PolicyFormatError("an officer key must be DER bytes")
         public_key = _format(_load_public_key, self.spki_der)
-        if key_type_of(public_key) != key_type:
+        if _format(_key_type_of, public_key) != key_type:
             raise PolicyFormatError(f"officer {self.username!r}: the key is not {key_type}")
 
     @property
@@ -528,10 +530,12 @@ def _verify_signature(policy: SignedPolicy, sig: CardSignature, spki: bytes, who
             policy.body.signing_message(sig.signer),
             sig.signature,
         )
-    except CardVerificationError:
+    except InvalidSignature:
         raise PolicyVerificationError(
             f"the {who} signature on the policy does not verify"
         ) from None
+    except KeyFormatError as exc:  # a pinned application key that is not usable
+        raise CardFormatError(exc.message) from None
 
 
 def _verify_app(policy: SignedPolicy, app_spki: bytes) -> None:

@@ -41,8 +41,8 @@ from hsm_vault.envelope.envelope import Header, read_header
 from hsm_vault.envelope.format import MAX_SHARES, RecipientEntry, parse_recipient_info
 from hsm_vault.errors import (
     CardError,
-    CardVerificationError,
     EnvelopeError,
+    InvalidSignature,
     RecoveryError,
     RecoveryFormatError,
 )
@@ -111,7 +111,7 @@ def _verify(domain: bytes, doc_id: str, card: Card, sig: CardSignature, what: st
             domain + bytes.fromhex(doc_id),
             sig.signature,
         )
-    except CardVerificationError:
+    except InvalidSignature:
         raise RecoveryError(f"the {what} does not verify") from None
 
 

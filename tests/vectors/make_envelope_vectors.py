@@ -33,19 +33,18 @@ from asn1crypto import cms
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from software_identity import SoftwareIdentity
 
 from hsm_vault.algorithms import KeyType, SignatureAlgorithm
 from hsm_vault.envelope import (
     Randomness,
     Recipient,
     SignerReference,
-    SoftwareIdentity,
     Verifier,
     decrypt,
-    encrypt,
     key_id_of,
 )
-from hsm_vault.envelope.envelope import header_mac, payload_key
+from hsm_vault.envelope.envelope import _encrypt_from_parts, header_mac, payload_key
 from hsm_vault.envelope.format import (
     MAC_LENGTH,
     PREFIX_LENGTH,
@@ -242,8 +241,15 @@ def build(
 ) -> Built:
     rng = FixedRandomness(seed)
     out = io.BytesIO()
-    result = encrypt(
-        io.BytesIO(plaintext), out, recipients, signer, chunk_size=CHUNK, randomness=rng
+    result = _encrypt_from_parts(
+        io.BytesIO(plaintext),
+        out,
+        recipients,
+        signer,
+        recovery=None,
+        chunk_size=CHUNK,
+        progress=None,
+        randomness=rng,
     )
     again = FixedRandomness(seed)
     file_key = again.random_bytes(32)

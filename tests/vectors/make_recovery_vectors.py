@@ -33,15 +33,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 sys.path.insert(0, str(Path(__file__).parent))
 import Crypto.Protocol.SecretSharing as secret_sharing
 from make_card_vectors import ALICE_NEW, OLGA, OSCAR, alg_of, ec_key, make_card, signer_for
+from software_identity import SoftwareIdentity
 
 from hsm_vault.cards.canonical import b64url_decode, b64url_encode, canonical_json
 from hsm_vault.envelope import (
+    DEFAULT_CHUNK_SIZE,
     Randomness,
     Recipient,
-    SoftwareIdentity,
-    encrypt,
     read_header,
 )
+from hsm_vault.envelope.envelope import _encrypt_from_parts
 from hsm_vault.envelope.recipients import wrap_file_key
 from hsm_vault.envelope.recovery import RecoveryPlan
 from hsm_vault.trust.recovery import (
@@ -88,11 +89,14 @@ def sealed(seed: str, holders: list[Any], threshold: int) -> Any:
     secret_sharing.rng = rng.counter.bytes  # Shamir's coefficients, for reproducible vectors
     plan = RecoveryPlan(threshold, tuple(SoftwareIdentity(k).recipient() for k in holders))
     out = io.BytesIO()
-    result = encrypt(
+    result = _encrypt_from_parts(
         io.BytesIO(b"recovered"),
         out,
         [SoftwareIdentity(ALICE_OLD).recipient()],
+        None,
         recovery=plan,
+        chunk_size=DEFAULT_CHUNK_SIZE,
+        progress=None,
         randomness=rng,
     )
     return result.header
@@ -155,10 +159,14 @@ def build() -> None:
         edited(text, lambda o: o["body"].update(reason="audit")),
     )
     no_recovery = io.BytesIO()
-    encrypt(
+    _encrypt_from_parts(
         io.BytesIO(b"x"),
         no_recovery,
         [SoftwareIdentity(ALICE_OLD).recipient()],
+        None,
+        recovery=None,
+        chunk_size=DEFAULT_CHUNK_SIZE,
+        progress=None,
         randomness=FixedRandomness("file-3"),
     )
     plain_header = read_header(io.BytesIO(no_recovery.getvalue())).raw

@@ -106,6 +106,35 @@ class Account:
         """Environment for CLI runs as this account (its own config file and keyring)."""
         return {"HSM_VAULT_HOME": str(self.home)}
 
+    def cli(self, *args: str) -> tuple[int, str]:
+        """`hsm-vault ARGS` as this account, in this process: (exit code, output)."""
+        from typer.testing import CliRunner
+
+        from hsm_vault.cli.main import app
+
+        result = CliRunner().invoke(app, list(args), env=self.env())
+        return result.exit_code, result.output
+
+    def publish_new_card(self, token: str) -> tuple[str, str]:
+        """A new P-256 key on `token`, `card create` in this account's keyring, then
+        `card publish`: (card id, key label)."""
+        import json
+
+        from hsm_vault.algorithms import KeyType
+        from hsm_vault.token import open_session
+
+        label = f"k-{uuid.uuid4().hex[:8]}"
+        with open_session(token) as ts:
+            ts.generate_key(label, KeyType.EC_P256)
+        status, out = self.cli(
+            "card", "create", self.name, "--key", label, "--token", token, "--json"
+        )
+        assert status == 0, out
+        card_id = str(json.loads(out)["id"])
+        status, out = self.cli("card", "publish", card_id)
+        assert status == 0, out
+        return card_id, label
+
 
 @dataclass
 class RunningServer:

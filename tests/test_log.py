@@ -32,7 +32,6 @@ from typer.testing import CliRunner
 
 from hsm_vault.algorithms import KeyType
 from hsm_vault.cards import Card, CardSignature, create_card, key_id_of
-from hsm_vault.cli.main import app
 from hsm_vault.config import Config
 from hsm_vault.token import open_session
 
@@ -40,23 +39,12 @@ runner = CliRunner()
 
 
 def cli(account: Account, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args), env=account.env())
-    return result.exit_code, result.output
+    return account.cli(*args)
 
 
 def new_card(account: Account, token: str) -> str:
     """`card create` on a new key of `token`, then `card publish`; returns the card id."""
-    label = f"k-{uuid.uuid4().hex[:8]}"
-    with open_session(token) as ts:
-        ts.generate_key(label, KeyType.EC_P256)
-    status, out = cli(
-        account, "card", "create", account.name, "--key", label, "--token", token, "--json"
-    )
-    assert status == 0, out
-    card_id = str(json.loads(out)["id"])
-    status, out = cli(account, "card", "publish", card_id)
-    assert status == 0, out
-    return card_id
+    return account.publish_new_card(token)[0]
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,8 @@ import pytest
 from server_fixture import HSM_VAULT, Account, RunningServer, start_server, unique
 from typer.testing import CliRunner
 
-from hsm_vault.algorithms import KeyType, SignatureAlgorithm
+from hsm_vault.algorithms import SignatureAlgorithm
 from hsm_vault.cards import Card, CardSignature, key_id_of
-from hsm_vault.cli.main import app
 from hsm_vault.errors import RequestRejected
 from hsm_vault.token import open_session
 
@@ -29,23 +27,12 @@ runner = CliRunner()
 
 
 def cli(account: Account, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args), env=account.env())
-    return result.exit_code, result.output
+    return account.cli(*args)
 
 
 def new_card(account: Account, token: str) -> str:
     """`card create` on a new key of `token` in `account`'s keyring, then `card publish`."""
-    label = f"k-{uuid.uuid4().hex[:8]}"
-    with open_session(token) as ts:
-        ts.generate_key(label, KeyType.EC_P256)
-    status, out = cli(
-        account, "card", "create", account.name, "--key", label, "--token", token, "--json"
-    )
-    assert status == 0, out
-    card_id = str(json.loads(out)["id"])
-    status, out = cli(account, "card", "publish", card_id)
-    assert status == 0, out
-    return card_id
+    return account.publish_new_card(token)[0]
 
 
 @dataclass

@@ -10,7 +10,6 @@ refused with one-line errors, leaving the file untouched and no plaintext on dis
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,32 +19,19 @@ import pytest
 from server_fixture import Account, RunningServer, start_server, unique
 from typer.testing import CliRunner
 
-from hsm_vault.algorithms import KeyType
 from hsm_vault.cards.canonical import b64url_decode, b64url_encode, canonical_json
-from hsm_vault.cli.main import app
 from hsm_vault.token import open_session
 
 runner = CliRunner()
 
 
 def cli(account: Account, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args), env=account.env())
-    return result.exit_code, result.output
+    return account.cli(*args)
 
 
 def make_card(account: Account, token: str) -> tuple[str, str]:
     """A new key on `token`, `card create` in the account's keyring, `card publish`."""
-    label = f"rc-{uuid.uuid4().hex[:8]}"
-    with open_session(token) as ts:
-        ts.generate_key(label, KeyType.EC_P256)
-    status, out = cli(
-        account, "card", "create", account.name, "--key", label, "--token", token, "--json"
-    )
-    assert status == 0, out
-    card_id = str(json.loads(out)["id"])
-    status, out = cli(account, "card", "publish", card_id)
-    assert status == 0, out
-    return card_id, label
+    return account.publish_new_card(token)
 
 
 @dataclass

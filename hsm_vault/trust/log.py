@@ -32,6 +32,7 @@ from hsm_vault.cards.model import Card, check_time, is_version
 from hsm_vault.cards.revocation import RevocationStatement
 from hsm_vault.errors import (
     CardError,
+    CryptoError,
     LogError,
     LogForkError,
     LogFormatError,
@@ -88,7 +89,7 @@ def _fmt(check: Callable[..., Any], *args: Any) -> Any:
         return check(*args)
     except LogError:
         raise
-    except CardError as exc:
+    except (CardError, CryptoError) as exc:
         raise LogFormatError(exc.message) from None
 
 
@@ -314,7 +315,7 @@ class SignedTreeHead:
         algorithm = key_type_of(load_spki(app_spki)).signature_algorithm
         try:
             verify_signature(app_spki, algorithm, self.head.body(), self.signature)
-        except CardError:
+        except (CardError, CryptoError):
             raise LogProofError(
                 f"the tree head of {self.size} entries is not signed by the pinned application "
                 f"key: {ALERT}"
@@ -679,7 +680,7 @@ def check_signatures(jobs: Iterable[SignatureJob]) -> int | None:
                 return job.index
             previous = Card.from_text(job.previous_text) if job.previous_text else None
             verify_card(card, trust, previous=previous)
-        except CardError:
+        except (CardError, CryptoError):
             return job.index
     return None
 
@@ -740,7 +741,7 @@ class _Audit:
             if exc.message.startswith("log entry"):
                 raise
             raise self.fail(i, exc.message) from None
-        except CardError as exc:
+        except (CardError, CryptoError) as exc:
             raise self.fail(i, exc.message) from None
 
     def _policy(self, entry: LogEntry) -> None:

@@ -103,11 +103,7 @@ def info(
             "generate": caps.can_generate(t),
             "decrypt": caps.can_decrypt(t),
             "sign": caps.can_sign(t),
-            "why_not": None
-            if caps.can_generate(t) and caps.can_decrypt(t)
-            else caps.why_not(str(t))
-            if not caps.can_generate(t)
-            else caps.why_not("ecdh" if t.is_ec else "oaep"),
+            "why_not": caps.why_unusable(t),
         }
         for t in KeyType
     }

@@ -95,6 +95,14 @@ class Capabilities:
     def why_not(self, what: str) -> str:
         return self.reasons.get(what, "the token does not offer it")
 
+    def why_unusable(self, key_type: KeyType) -> str | None:
+        """Why keys of this type cannot both be made and decrypt here; None if they can."""
+        if not self.can_generate(key_type):
+            return self.why_not(str(key_type))
+        if not self.can_decrypt(key_type):
+            return self.why_not("ecdh" if key_type.is_ec else "oaep")
+        return None
+
     def with_profile(self, profile: Profile) -> Capabilities:
         """These capabilities with the profile's fixed facts laid over them."""
         facts = dict(profile.facts)
